@@ -1,0 +1,1 @@
+"""Neural network modules: the GPSToken tokenizer (encoder + decoder) and SiT generators."""

@@ -1,0 +1,32 @@
+"""Test configuration.
+
+* ``TRITON_INTERPRET=1`` is set before any kernel module is imported, so Triton kernels
+  run on the CPU interpreter when there is no GPU (set ``GPSTOKEN_TEST_NO_INTERPRET=1``
+  to test the real kernels on a GPU).
+* ``official`` fixture: the folder of official reference outputs, ``../shared/fixtures/official``
+  next to the repository. Tests that need it skip with a reason when it is absent, except
+  when ``CI`` is set, where its absence is an error.
+"""
+import os
+from pathlib import Path
+
+if not os.environ.get("GPSTOKEN_TEST_NO_INTERPRET"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICIAL = Path(os.environ.get("GPSTOKEN_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
+
+
+@pytest.fixture(scope="session")
+def official() -> Path:
+    """Path of the official fixtures folder (skips when absent outside CI)."""
+    if not OFFICIAL.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"official fixtures not found at {OFFICIAL}; CI must run the parity tests")
+        pytest.skip(f"official fixtures not found at {OFFICIAL} (they live in ../shared beside the repo)")
+    return OFFICIAL
