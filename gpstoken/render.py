@@ -36,3 +36,14 @@ def render_dense(
     inside = (dx.abs() <= support * sx_) & (dy.abs() <= support * sy_)
     v = torch.where(inside.detach(), v, torch.zeros((), dtype=v.dtype, device=v.device))
     return torch.einsum("bnhw,bnc->bchw", v, features)
+
+
+def render(
+    geometry: torch.Tensor, features: torch.Tensor, size: tuple[int, int], *, support: float = 3.0
+) -> torch.Tensor:
+    """Splat Gaussians into a feature map, with autograd.
+
+    geometry: float [B,N,5] (sigma_x, sigma_y, rho, mu_x, mu_y); features: float [B,N,C];
+    size: (h, w) of the output. Returns float [B,C,h,w].
+    """
+    return render_dense(geometry, features, size, support)
