@@ -1,0 +1,162 @@
+"""``gpstoken`` command line: reconstruct, encode, decode, show, generate, models, convert, train."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from PIL import Image
+
+
+def _open_image(path: str) -> Image.Image:
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"gpstoken: input image not found: {p}")
+    try:
+        return Image.open(p).convert("RGB")
+    except OSError as e:
+        raise SystemExit(f"gpstoken: cannot read image {p}: {e}") from None
+
+
+def _save_image(img: Image.Image, path: str) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    print(f"wrote {out}")
+
+
+def _cmd_reconstruct(a: argparse.Namespace) -> None:
+    import gpstoken
+
+    img = _open_image(a.input)
+    tokens = gpstoken.encode(img, a.tokens, model=a.model, device=a.device)
+    _save_image(gpstoken.decode(tokens, device=a.device), a.output)
+    if a.layout:
+        _save_image(tokens.draw(img), a.layout)
+
+
+def _cmd_encode(a: argparse.Namespace) -> None:
+    import gpstoken
+
+    tokens = gpstoken.encode(_open_image(a.input), a.tokens, model=a.model, device=a.device)
+    tokens.save(a.output)
+    print(f"wrote {a.output} ({tokens.geometry.shape[1]} tokens, model {tokens.model})")
+
+
+def _cmd_decode(a: argparse.Namespace) -> None:
+    import gpstoken
+
+    tokens = gpstoken.GPSTokens.load(a.input)
+    _save_image(gpstoken.decode(tokens, model=a.model, device=a.device), a.output)
+
+
+def _cmd_show(a: argparse.Namespace) -> None:
+    import gpstoken
+
+    tokens = gpstoken.GPSTokens.load(a.input)
+    _save_image(tokens.draw(_open_image(a.image) if a.image else None), a.output)
+
+
+def _cmd_generate(a: argparse.Namespace) -> None:
+    import gpstoken
+
+    out = Path(a.output)
+    images = gpstoken.generate(a.class_id, n=a.n, seed=a.seed, cfg_scale=a.cfg_scale, steps=a.steps,
+                               sampler=a.sampler, model=a.model, device=a.device)
+    for i, img in enumerate(images):
+        _save_image(img, str(out / f"class{a.class_id}_{i:03d}.png"))
+
+
+def _cmd_models(a: argparse.Namespace) -> None:
+    from . import hub
+
+    for spec in hub.list_pretrained():
+        print(f"{spec.name:24s} {spec.kind:10s} {spec.source}")
+
+
+def _cmd_convert(a: argparse.Namespace) -> None:
+    from . import hub
+
+    hub.convert_checkpoint(a.input, a.output, trust=a.trust)
+    print(f"wrote {a.output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpstoken", description="GPSToken image tokenizer and generator")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, model_default: Optional[str] = "default") -> None:
+        sp.add_argument("--model", default=model_default, help="registry name, Hub repo id or local .safetensors")
+        sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+    r = sub.add_parser("reconstruct", help="encode and decode an image")
+    r.add_argument("input")
+    r.add_argument("-o", "--output", required=True)
+    r.add_argument("--tokens", type=int, default=None, help="tokens per 256x256 patch")
+    r.add_argument("--layout", default=None, help="also save a picture of the Gaussian layout here")
+    common(r)
+    r.set_defaults(func=_cmd_reconstruct)
+
+    e = sub.add_parser("encode", help="encode an image into a .gpst token file")
+    e.add_argument("input")
+    e.add_argument("-o", "--output", required=True)
+    e.add_argument("--tokens", type=int, default=None, help="tokens per 256x256 patch")
+    common(e)
+    e.set_defaults(func=_cmd_encode)
+
+    d = sub.add_parser("decode", help="decode a .gpst token file into an image")
+    d.add_argument("input")
+    d.add_argument("-o", "--output", required=True)
+    common(d, model_default=None)
+    d.set_defaults(func=_cmd_decode)
+
+    s = sub.add_parser("show", help="draw the Gaussians of a .gpst token file")
+    s.add_argument("input")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--image", default=None, help="draw over this image (default: grey)")
+    s.set_defaults(func=_cmd_show)
+
+    g = sub.add_parser("generate", help="class-conditional two-stage generation")
+    g.add_argument("--class", dest="class_id", type=int, required=True)
+    g.add_argument("-o", "--output", required=True, help="output folder")
+    g.add_argument("-n", type=int, default=4)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--cfg-scale", type=float, default=1.5)
+    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--sampler", default="sde", choices=["sde", "ode", "euler", "heun", "dopri5"])
+    common(g)
+    g.set_defaults(func=_cmd_generate)
+
+    m = sub.add_parser("models", help="list the registered pretrained checkpoints")
+    m.set_defaults(func=_cmd_models)
+
+    c = sub.add_parser("convert", help="convert an official PyTorch checkpoint to safetensors")
+    c.add_argument("input")
+    c.add_argument("output")
+    c.add_argument("--trust", action="store_true", help="allow unpickling this file (only for files you trust)")
+    c.set_defaults(func=_cmd_convert)
+
+    t = sub.add_parser("train", help="train models (needs: pip install gpstoken[train])", add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER)
+    t.set_defaults(func=None)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from .train.cli import main as train_main
+
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        print(f"gpstoken {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""User-facing model objects: :class:`Tokenizer` (encode/decode) and :class:`Generator`
+(two-stage generation: layout -> calibration -> texture -> decode).
+
+Models are loaded with :func:`load_tokenizer` / :func:`load_generator` from a registry name,
+a Hub repo id or a local safetensors file (see :mod:`gpstoken.hub`).
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from . import hub
+from .images import PATCH, fold_patches, pad_to_patches, to_pil
+from .layout import Layout, calibrate
+from .layout_bank import LayoutBank
+from .models.configs import SiTConfig, TokenizerConfig
+from .models.sit import SiT
+from .models.tokenizer import GPSTokenizer
+from .partition import partition
+from .sampling import sample
+from .tokens import GPSTokens
+
+N_GEOMETRY = 5
+SIGMA_RANGE = (1e-5, 1 - 1e-5)
+RHO_LIMIT = 0.99999
+
+
+def _device(device: Optional[str | torch.device]) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _dtype(dtype: Optional[str | torch.dtype], device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                 "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+        if dtype not in names:
+            raise ValueError(f"dtype: expected one of {sorted(names)}, got {dtype!r}")
+        dtype = names[dtype]
+    if dtype != torch.float32 and device.type != "cuda":
+        raise ValueError(f"dtype: {dtype} inference needs a CUDA device; on {device.type} use float32")
+    return dtype
+
+
+class Tokenizer:
+    """A loaded GPSToken tokenizer.
+
+    ``encode`` turns images into :class:`GPSTokens`; ``decode`` turns tokens back into images
+    ``float32 [B,3,H,W]`` in ``[-1,1]``. Images of any size ``>= 32`` are padded to multiples
+    of 256 internally and cropped back.
+    """
+
+    def __init__(self, model: GPSTokenizer, name: str, device: torch.device, dtype: torch.dtype):
+        self.model = model.eval().to(device)
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    def config(self) -> TokenizerConfig:
+        return self.model.config
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Tokenizer({self.name!r}, tokens/patch={c.gps_num}, features={c.gps_c}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def encode_tensor(self, images: torch.Tensor, layout: Layout) -> GPSTokens:
+        """images: float [B,3,H,W] in [-1,1]; layout: a :class:`Layout` for those images."""
+        b, _, h, w = images.shape
+        if layout.image_size != (h, w):
+            raise ValueError(f"layout: made for images of size {layout.image_size}, got images of size {(h, w)}")
+        if layout.batch_size not in (1, b):
+            raise ValueError(f"layout: has batch size {layout.batch_size}, images have {b}; use 1 or {b}")
+        if layout.batch_size != b:
+            layout = Layout(layout.geometry.expand(b, -1, -1).contiguous(),
+                            layout.regions.expand(b, -1, -1).contiguous(), layout.image_size, layout.grid)
+        padded, grid = pad_to_patches(images.to(self.device))
+        patches = fold_patches(padded, grid)
+        n = layout.n_tokens
+        g_init = layout.geometry.to(self.device).reshape(len(patches), n, N_GEOMETRY)
+        regions = layout.regions.to(self.device).reshape(len(patches), n, 4)
+        with torch.inference_mode(), self._autocast():
+            tokens = self.model.encode(patches, g_init, regions).float()
+        tokens = tokens.reshape(b, grid[0] * grid[1] * n, -1)
+        return GPSTokens(tokens[..., :N_GEOMETRY].contiguous(), tokens[..., N_GEOMETRY:].contiguous(),
+                         (h, w), layout, self.name)
+
+    def decode_tensor(self, tokens: GPSTokens) -> torch.Tensor:
+        """Tokens -> float32 [B,3,H,W] in [-1,1] at the tokens' image size."""
+        c = self.config.gps_c
+        if tokens.features.shape[-1] != c:
+            raise ValueError(
+                f"tokens: have {tokens.features.shape[-1]} feature channels (model {tokens.model!r}), "
+                f"but tokenizer {self.name!r} decodes {c}; decode them with model={tokens.model!r}"
+            )
+        if tokens.model != self.name:
+            warnings.warn(f"decoding tokens of {tokens.model!r} with {self.name!r}", stacklevel=3)
+        grid = tokens.layout.grid
+        b = tokens.geometry.shape[0]
+        arr = tokens.as_array().to(self.device).reshape(b * grid[0] * grid[1], -1, N_GEOMETRY + c)
+        with torch.inference_mode(), self._autocast():
+            images = self.model.decode(arr, grid=grid).float()
+        h, w = tokens.image_size
+        return images[..., :h, :w].clamp(-1, 1)
+
+
+@dataclass
+class GenerationResult:
+    """Images with the tokens and layouts they were generated from."""
+
+    images: list
+    tokens: GPSTokens
+
+
+class Generator:
+    """Two-stage class-conditional generator: layout (g_init) first, then texture.
+
+    texture: SiT over ``[B, 5+C, N, 1]`` conditioned on the layout; layout_model: SiT over
+    ``[B, 5, N, 1]`` (optional); layout_bank: per-class bank of real layouts (optional);
+    latent_mean/latent_std: float [5+C] normalisation stats of the texture model's targets.
+    """
+
+    def __init__(self, texture: SiT, tokenizer: Tokenizer, latent_mean: torch.Tensor, latent_std: torch.Tensor,
+                 *, name: str, layout_model: Optional[SiT] = None, layout_bank: Optional[LayoutBank] = None,
+                 layout_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                 class_names: Optional[Sequence[str]] = None):
+        self.texture = texture.eval().to(tokenizer.device)
+        self.tokenizer = tokenizer
+        self.device = tokenizer.device
+        self.latent_mean = latent_mean.float().to(self.device)
+        self.latent_std = latent_std.float().to(self.device)
+        self.layout_model = layout_model.eval().to(self.device) if layout_model is not None else None
+        self.layout_bank = layout_bank
+        self.layout_stats = layout_stats
+        self.name = name
+        self.class_names = list(class_names) if class_names else None
+
+    @property
+    def n_tokens(self) -> int:
+        return self.texture.config.input_size[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.texture.config.num_classes
+
+    def __repr__(self) -> str:
+        src = "model" if self.layout_model is not None else "bank" if self.layout_bank is not None else "user"
+        return (f"Generator({self.name!r}, classes={self.num_classes}, tokens={self.n_tokens}, "
+                f"layout source={src}, tokenizer={self.tokenizer.name!r})")
+
+    def _check_class(self, class_id: int) -> int:
+        if not isinstance(class_id, int) or isinstance(class_id, bool):
+            if self.class_names and isinstance(class_id, str) and class_id in self.class_names:
+                return self.class_names.index(class_id)
+            raise TypeError(f"class_id: expected an int in [0, {self.num_classes}), got {class_id!r}")
+        if not 0 <= class_id < self.num_classes:
+            raise ValueError(f"class_id: must be in [0, {self.num_classes}), got {class_id}")
+        return class_id
+
+    def sample_layout(self, class_id: int, n: int, *, generator: torch.Generator, steps: int = 50,
+                      progress: bool = False) -> Layout:
+        """Stage 1: n layouts for a class, from the layout model (calibrated) or the bank."""
+        class_id = self._check_class(class_id)
+        if self.layout_model is not None:
+            mean, std = (s.to(self.device) for s in self.layout_stats)
+            noise = torch.randn(n, N_GEOMETRY, self.n_tokens, 1, generator=generator, device=self.device)
+            y = torch.full((n,), class_id, device=self.device, dtype=torch.long)
+            with torch.inference_mode():
+                g = sample(lambda x, t: self.layout_model(x, t, y), noise, method="ode-heun", steps=steps,
+                           progress=progress)
+            g = g[..., 0].transpose(1, 2) * std + mean  # [n, N, 5]
+            return calibrate(_layout_from_geometry(g))
+        if self.layout_bank is not None:
+            g = self.layout_bank.sample(class_id, n, generator=generator)
+            return calibrate(_layout_from_geometry(g.to(self.device).float()))
+        raise ValueError(f"generator {self.name!r} has no layout model or bank: pass layout= (see gpstoken.edit_layout)")
+
+    def generate(self, class_id: int, *, n: int = 1, seed: Optional[int] = None, layout: Optional[Layout] = None,
+                 cfg_scale: float = 1.5, steps: int = 50, sampler: str = "sde", guidance_interval=(0.0, 1.0),
+                 progress: bool = True) -> GenerationResult:
+        """Generate ``n`` images of class ``class_id``: layout -> calibration -> texture -> decode."""
+        class_id = self._check_class(class_id)
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: must be a positive int, got {n!r}")
+        if cfg_scale < 1.0:
+            raise ValueError(f"cfg_scale: must be >= 1 (1 disables guidance), got {cfg_scale}")
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        if layout is None:
+            layout = self.sample_layout(class_id, n, generator=gen, progress=False)
+        else:
+            layout = _broadcast_layout(layout, n, self.n_tokens)
+        g_init = layout.geometry.to(self.device)
+        channels = self.texture.config.in_channels
+        noise = torch.randn(n, channels, self.n_tokens, 1, generator=gen, device=self.device)
+        y = torch.full((n,), class_id, device=self.device, dtype=torch.long)
+        null = torch.full((n,), self.num_classes, device=self.device, dtype=torch.long)
+        lo, hi = guidance_interval
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if cfg_scale == 1.0 or not (lo <= float(t[0]) <= hi):
+                return self.texture(x, t, y, g_init)
+            out = self.texture(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]),
+                               torch.cat([g_init, g_init]))
+            cond, uncond = out.chunk(2)
+            return uncond + cfg_scale * (cond - uncond)
+
+        method = {"sde": "sde", "ode": "ode-heun", "euler": "ode-euler", "heun": "ode-heun",
+                  "dopri5": "ode-dopri5"}.get(sampler)
+        if method is None:
+            raise ValueError(f"sampler: expected 'sde', 'ode', 'euler', 'heun' or 'dopri5', got {sampler!r}")
+        with torch.inference_mode():
+            x = sample(velocity, noise, method=method, steps=steps, generator=gen, progress=progress)
+        tokens = x[..., 0].transpose(1, 2) * self.latent_std + self.latent_mean  # [n, N, 5+C]
+        geometry = tokens[..., :N_GEOMETRY] + g_init
+        geometry = torch.cat([
+            geometry[..., :2].clamp(*SIGMA_RANGE),
+            geometry[..., 2:3].clamp(-RHO_LIMIT, RHO_LIMIT),
+            geometry[..., 3:],
+        ], dim=-1)
+        gps = GPSTokens(geometry, tokens[..., N_GEOMETRY:].contiguous(), (PATCH, PATCH), layout,
+                        self.tokenizer.name)
+        images = to_pil(self.tokenizer.decode_tensor(gps))
+        return GenerationResult(images, gps)
+
+
+def _layout_from_geometry(g: torch.Tensor) -> Layout:
+    """A single-patch Layout from geometry [B,N,5] (regions from the Gaussians' 1.5-sigma boxes)."""
+    half = g[..., :2] * 1.5
+    regions = torch.cat([g[..., 3:5] - half, g[..., 3:5] + half], dim=-1)
+    return Layout(g.float(), regions.float(), (PATCH, PATCH), (1, 1))
+
+
+def _broadcast_layout(layout: Layout, n: int, n_tokens: int) -> Layout:
+    if not isinstance(layout, Layout):
+        raise TypeError(f"layout: expected a gpstoken.Layout (see gpstoken.edit_layout), got {type(layout).__name__}")
+    if layout.grid != (1, 1) or layout.n_tokens != n_tokens:
+        raise ValueError(
+            f"layout: the generator makes one 256x256 patch of {n_tokens} tokens; got a layout with grid "
+            f"{layout.grid} and {layout.n_tokens} tokens per patch (use edit_layout(..., n_tokens={n_tokens}) "
+            f"on a 256x256 image)"
+        )
+    if layout.batch_size == n:
+        return layout
+    if layout.batch_size != 1:
+        raise ValueError(f"layout: batch size {layout.batch_size} does not match n={n}; use 1 or n")
+    return Layout(layout.geometry.expand(n, -1, -1).contiguous(), layout.regions.expand(n, -1, -1).contiguous(),
+                  layout.image_size, layout.grid)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer_cached(name_or_path: str, device: torch.device, dtype: torch.dtype) -> Tokenizer:
+    resolved = hub.resolve(name_or_path, "tokenizer")
+    state, meta = hub.load_safetensors(resolved.path)
+    config = TokenizerConfig.from_dict(resolved.config or hub.config_from_metadata(meta, resolved.path))
+    with torch.device("meta"):
+        model = GPSTokenizer(config)
+    hub.check_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, resolved.path)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    return Tokenizer(model, hub.model_id(name_or_path, resolved), device, dtype)
+
+
+def load_tokenizer(name_or_path: str = "default", *, device=None, dtype=None) -> Tokenizer:
+    """Load a tokenizer by registry name ("default", "gpstoken-m128", ...), Hub repo id
+    (``owner/repo[@revision][:filename]``) or local ``.safetensors`` file/folder. Cached."""
+    dev = _device(device)
+    return _load_tokenizer_cached(str(name_or_path), dev, _dtype(dtype, dev))
+
+
+def _sit_from_state(prefix: str, config: dict, state: dict, path) -> SiT:
+    cfg = SiTConfig.from_dict(config)
+    sub = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
+    with torch.device("meta"):
+        model = SiT(cfg)
+    hub.check_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, sub, path)
+    model.load_state_dict(sub, strict=True, assign=True)
+    return model
+
+
+@functools.lru_cache(maxsize=2)
+def _load_generator_cached(name_or_path: str, device: torch.device, dtype: torch.dtype) -> Generator:
+    resolved = hub.resolve(name_or_path, "generator")
+    state, meta = hub.load_safetensors(resolved.path)
+    info = resolved.config or hub.config_from_metadata(meta, resolved.path)
+    texture = _sit_from_state("ema_model.", info["config"], state, resolved.path)
+    layout_model = layout_stats = None
+    if "layout_config" in info:
+        layout_model = _sit_from_state("layout_model.", info["layout_config"], state, resolved.path)
+        layout_stats = (torch.tensor(info["layout_mean"]), torch.tensor(info["layout_std"]))
+    bank = LayoutBank.from_state_dict(state, prefix="layout_bank.") if any(
+        k.startswith("layout_bank.") for k in state) else None
+    tokenizer = load_tokenizer(info["tokenizer"], device=device, dtype=dtype)
+    return Generator(texture, tokenizer, torch.tensor(info["latent_mean"]), torch.tensor(info["latent_std"]),
+                     name=hub.model_id(name_or_path, resolved), layout_model=layout_model, layout_bank=bank,
+                     layout_stats=layout_stats, class_names=info.get("class_names"))
+
+
+def load_generator(name_or_path: str = "default", *, device=None, dtype=None) -> Generator:
+    """Load a two-stage generator (texture SiT + layout source + paired tokenizer). Cached."""
+    dev = _device(device)
+    return _load_generator_cached(str(name_or_path), dev, _dtype(dtype, dev))
