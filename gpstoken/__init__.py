@@ -4,17 +4,33 @@
 >>> tokens = gpstoken.encode(img, n_tokens=128)   # PIL / numpy / torch, any size >= 32
 >>> img2 = gpstoken.decode(tokens)
 >>> images = gpstoken.generate(class_id=3, n=4, seed=0)
+
+Public names are imported lazily on first use, so ``import gpstoken`` is cheap.
 """
-from .api import decode, edit_layout, encode, generate, reconstruct
-from .layout import Layout, calibrate
-from .partition import partition
-from .pipeline import Generator, Tokenizer, load_generator, load_tokenizer
-from .render import render
-from .tokens import GPSTokens
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GPSTokens", "Generator", "Layout", "Tokenizer", "calibrate", "decode", "edit_layout", "encode",
-    "generate", "load_generator", "load_tokenizer", "partition", "reconstruct", "render",
-]
+_EXPORTS = {
+    "encode": "api", "decode": "api", "reconstruct": "api", "edit_layout": "api", "generate": "api",
+    "partition": "partition", "render": "render",
+    "Layout": "layout", "calibrate": "layout", "GPSTokens": "tokens",
+    "Tokenizer": "pipeline", "Generator": "pipeline", "load_tokenizer": "pipeline", "load_generator": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gpstoken' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
