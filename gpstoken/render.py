@@ -1,14 +1,28 @@
 """Splatting render of GPS tokens into a feature map (algorithms.md section 2).
 
-``render(geometry [B,N,5], features [B,N,C], size=(h,w), support=3.0) -> float [B,C,h,w]``
+``render(geometry [B,N,5], features [B,N,C], size=(h,w), support=3.0) -> [B,C,h,w]``
 
 Pixel (i, j) of an h x w map sits at ``x = 2j/(w-1) - 1``, ``y = 2i/(h-1) - 1``. A token
 contributes ``v * f`` where ``v`` is the unnormalised Gaussian value, and only where
 ``|dx| <= support*sigma_x`` and ``|dy| <= support*sigma_y``.
+
+Three implementations of the same formula:
+
+* ``render_dense``: the reference, O(B*N*h*w) memory; every other path is tested against it.
+* culled torch path (``backend="torch"``): only the (token, pixel) pairs inside each
+  token's cut-off box are evaluated; memory and time are proportional to the covered pixels.
+* Triton kernels (``backend="triton"``, ``gpstoken/kernels/splat_*.py``): a pixel-tiled
+  forward and a per-token backward, both deterministic.
 """
 from __future__ import annotations
 
+import math
+import os
+
 import torch
+
+BACKENDS = ("auto", "torch", "triton", "dense")
+_FIELDS = ("sigma_x", "sigma_y", "rho", "mu_x", "mu_y")
 
 
 def pixel_coords(n: int, device=None) -> torch.Tensor:
@@ -38,12 +52,252 @@ def render_dense(
     return torch.einsum("bnhw,bnc->bchw", v, features)
 
 
-def render(
-    geometry: torch.Tensor, features: torch.Tensor, size: tuple[int, int], *, support: float = 3.0
-) -> torch.Tensor:
-    """Splat Gaussians into a feature map, with autograd.
+def pixel_bounds(geometry: torch.Tensor, h: int, w: int, support: float) -> torch.Tensor:
+    """Inclusive pixel ranges enclosing each token's cut-off box.
 
-    geometry: float [B,N,5] (sigma_x, sigma_y, rho, mu_x, mu_y); features: float [B,N,C];
-    size: (h, w) of the output. Returns float [B,C,h,w].
+    geometry: float [..., 5] (finite, sigma > 0). Returns int64 [..., 4] =
+    (row_first, row_last, col_first, col_last), clamped to the map; the range is empty
+    (last < first) when the box misses the map. The ranges are widened by one pixel on each
+    side so that float32 rounding never drops a pixel; callers re-apply the exact test.
     """
-    return render_dense(geometry, features, size, support)
+    g = geometry.detach().double()
+    sx, sy, _, mx, my = g.unbind(-1)
+
+    def axis(mu: torch.Tensor, half: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = (n - 1) / 2.0
+        first = torch.ceil((mu - half + 1.0) * scale) - 1.0
+        last = torch.floor((mu + half + 1.0) * scale) + 1.0
+        return first.clamp(0, n).long(), last.clamp(-1, n - 1).long()
+
+    r0, r1 = axis(my, support * sy, h)
+    c0, c1 = axis(mx, support * sx, w)
+    return torch.stack((r0, r1, c0, c1), dim=-1)
+
+
+def _cover_pairs(
+    geometry: torch.Tensor, h: int, w: int, support: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat list of candidate (token, pixel) pairs, token-major.
+
+    geometry [B,N,5]. Returns (tok [P] index into B*N, row [P], col [P]) int64 tensors
+    covering every pixel inside every cut-off box (plus a one-pixel margin).
+    """
+    bounds = pixel_bounds(geometry, h, w, support).reshape(-1, 4)
+    ny = (bounds[:, 1] - bounds[:, 0] + 1).clamp_min(0)
+    nx = (bounds[:, 3] - bounds[:, 2] + 1).clamp_min(0)
+    count = ny * nx
+    total = int(count.sum())
+    tok = torch.repeat_interleave(torch.arange(count.numel(), device=geometry.device), count, output_size=total)
+    start = torch.cumsum(count, 0) - count
+    off = torch.arange(total, device=geometry.device) - start[tok]
+    nx_t = nx[tok]
+    row = bounds[tok, 0] + torch.div(off, nx_t, rounding_mode="floor")
+    col = bounds[tok, 2] + off % nx_t
+    return tok, row, col
+
+
+class _CulledRender(torch.autograd.Function):
+    """Culled pure-torch render with a hand-written backward (twin of the Triton kernels)."""
+
+    @staticmethod
+    def forward(ctx, geometry: torch.Tensor, features: torch.Tensor, h: int, w: int, support: float):
+        B, N, C = features.shape
+        dev = geometry.device
+        tok, row, col = _cover_pairs(geometry, h, w, support)
+        geo = geometry.reshape(B * N, 5)
+        sx, sy, rho, mx, my = geo.unbind(-1)
+        xs = pixel_coords(w, dev).to(geometry.dtype)
+        ys = pixel_coords(h, dev).to(geometry.dtype)
+        dx = xs[col] - mx[tok]
+        dy = ys[row] - my[tok]
+        inside = (dx.abs() <= (support * sx)[tok]) & (dy.abs() <= (support * sy)[tok])
+        u = dx / sx[tok]
+        t = dy / sy[tok]
+        rho_t = rho[tok]
+        a = 0.5 / (1.0 - rho_t * rho_t)
+        q = u * u - 2.0 * rho_t * u * t + t * t
+        v = torch.where(inside, torch.exp(-a * q), 0.0)
+        pix = torch.div(tok, N, rounding_mode="floor") * (h * w) + row * w + col
+        feat = features.reshape(B * N, C)
+        out = torch.zeros(B * h * w, C, dtype=features.dtype, device=dev)
+        out.index_add_(0, pix, feat[tok] * v[:, None])
+        ctx.save_for_backward(geometry, features, tok, pix, v, u, t, q)
+        return out.view(B, h, w, C).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        geometry, features, tok, pix, v, u, t, q = ctx.saved_tensors
+        B, N, C = features.shape
+        live = v > 0  # zero u, t, q where v == 0 so 0 * inf cannot occur
+        u = torch.where(live, u, 0.0)
+        t = torch.where(live, t, 0.0)
+        q = torch.where(live, q, 0.0)
+        g = grad_out.permute(0, 2, 3, 1).reshape(-1, C)[pix]  # [P,C]
+        feat = features.reshape(B * N, C)
+        gv = v * (g * feat[tok]).sum(-1)
+        grad_feat = torch.zeros_like(feat).index_add_(0, tok, g * v[:, None])
+        sx, sy, rho, _, _ = geometry.reshape(B * N, 5).unbind(-1)
+        rho_t = rho[tok]
+        a2 = 1.0 / (1.0 - rho_t * rho_t)  # 2a
+        dmx = a2 * (u - rho_t * t) / sx[tok] * gv
+        dmy = a2 * (t - rho_t * u) / sy[tok] * gv
+        drho = a2 * (u * t - rho_t * a2 * q) * gv
+        per_pair = torch.stack((u * dmx, t * dmy, drho, dmx, dmy), dim=-1)
+        grad_geo = torch.zeros(B * N, 5, dtype=geometry.dtype, device=geometry.device)
+        grad_geo.index_add_(0, tok, per_pair)
+        return grad_geo.view(B, N, 5), grad_feat.view(B, N, C), None, None, None
+
+
+class _TritonRender(torch.autograd.Function):
+    """Triton forward/backward kernels (float32, contiguous inputs)."""
+
+    @staticmethod
+    def forward(ctx, geometry: torch.Tensor, features: torch.Tensor, h: int, w: int, support: float):
+        from .kernels.splat_forward import splat_forward
+
+        dev = geometry.device
+        xs, ys = pixel_coords(w, dev), pixel_coords(h, dev)
+        # The interpreter runs one program at a time: use few, large tiles there.
+        bh, bw = (16, 16) if dev.type == "cuda" else (min(64, _pow2(h)), min(64, _pow2(w)))
+        out = splat_forward(geometry, features, xs, ys, support, block_h=bh, block_w=bw)
+        ctx.save_for_backward(geometry, features)
+        ctx.size, ctx.support = (h, w), support
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        from .kernels.splat_backward import splat_backward
+
+        geometry, features = ctx.saved_tensors
+        h, w = ctx.size
+        dev = geometry.device
+        bounds = pixel_bounds(geometry, h, w, ctx.support).to(torch.int32).contiguous()
+        block_p = 256 if dev.type == "cuda" else 1024
+        grad_geo, grad_feat = splat_backward(
+            geometry, features, bounds, pixel_coords(w, dev), pixel_coords(h, dev), ctx.support,
+            grad_out.float().contiguous(), block_p=block_p,
+        )
+        return grad_geo, grad_feat, None, None, None
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _check_inputs(geometry: torch.Tensor, features: torch.Tensor, size, support: float) -> tuple[int, int]:
+    """Validate shapes, size, support and values; return (h, w). Raises ValueError."""
+    if not isinstance(geometry, torch.Tensor) or not isinstance(features, torch.Tensor):
+        raise ValueError("render: geometry and features must be torch tensors")
+    if geometry.dim() != 3 or geometry.shape[-1] != 5:
+        raise ValueError(f"render: geometry must be [B,N,5], got {list(geometry.shape)}")
+    if features.dim() != 3 or features.shape[:2] != geometry.shape[:2]:
+        raise ValueError(
+            f"render: features must be [B,N,C] with geometry's [B,N]={list(geometry.shape[:2])}, "
+            f"got {list(features.shape)}"
+        )
+    if not (geometry.is_floating_point() and features.is_floating_point()):
+        raise ValueError(f"render: inputs must be floating point, got {geometry.dtype} and {features.dtype}")
+    if geometry.device != features.device:
+        raise ValueError(f"render: geometry on {geometry.device} but features on {features.device}")
+    try:
+        h, w = (int(s) for s in size)
+        if (h, w) != tuple(size):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"render: size must be a pair of ints (h, w), got {size!r}") from None
+    if h < 2 or w < 2:
+        raise ValueError(f"render: size must be at least 2x2 (pixel centres span [-1, 1]), got {(h, w)}")
+    if not (isinstance(support, (int, float)) and support > 0 and not math.isnan(support)):
+        raise ValueError(f"render: support must be a positive number (inf = no cut-off), got {support!r}")
+    g = geometry.detach()
+    sx, sy, rho = g[..., 0], g[..., 1], g[..., 2]
+    bad_geo = ~torch.isfinite(g).all(-1) | (sx <= 0) | (sy <= 0) | (rho.abs() >= 1)  # [B,N]
+    bad_feat = ~torch.isfinite(features.detach()).all(-1)  # [B,N]
+    if bool((bad_geo | bad_feat).any()):  # the only host sync of the check
+        _raise_bad_token(g, features.detach(), bad_geo, bad_feat)
+    return h, w
+
+
+def _raise_bad_token(g: torch.Tensor, f: torch.Tensor, bad_geo: torch.Tensor, bad_feat: torch.Tensor):
+    n_bad = int((bad_geo | bad_feat).sum())
+    if bool(bad_geo.any()):
+        b, n = (int(i) for i in bad_geo.nonzero()[0])
+        vals = g[b, n].tolist()
+        for k, (name, val) in enumerate(zip(_FIELDS, vals)):
+            if not math.isfinite(val):
+                why = "is not finite"
+            elif k < 2 and val <= 0:
+                why = "must be > 0"
+            elif k == 2 and abs(val) >= 1:
+                why = "must satisfy |rho| < 1"
+            else:
+                continue
+            raise ValueError(
+                f"render: token (b={b}, n={n}) has {name}={val!r}, which {why} "
+                f"({n_bad} invalid token(s) in total)"
+            )
+    b, n = (int(i) for i in bad_feat.nonzero()[0])
+    c = int((~torch.isfinite(f[b, n])).nonzero()[0])
+    raise ValueError(
+        f"render: token (b={b}, n={n}) has non-finite feature {c} = {f[b, n, c].item()!r} "
+        f"({n_bad} invalid token(s) in total)"
+    )
+
+
+def render(
+    geometry: torch.Tensor,
+    features: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    support: float = 3.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Splat Gaussians into a feature map, with autograd to sigma, rho, mu and the features.
+
+    Args:
+        geometry: float [B,N,5] = (sigma_x, sigma_y, rho, mu_x, mu_y) in normalised units
+            (the map spans [-1, 1] from the first to the last pixel centre). Requires
+            sigma > 0, |rho| < 1, all finite; centres may lie outside [-1, 1].
+        features: float [B,N,C], finite.
+        size: (h, w), each >= 2 (the pixel centres ``2i/(h-1) - 1`` need two pixels).
+        support: cut-off factor s > 0; a token touches only pixels with |dx| <= s*sigma_x and
+            |dy| <= s*sigma_y. ``math.inf`` disables the cut-off. The box is constant for
+            gradients (as in the official kernel).
+        backend: ``"auto"`` (Triton on CUDA for float16/bfloat16/float32 inputs, the culled
+            torch path otherwise), ``"torch"`` (culled), ``"triton"`` (needs CUDA tensors or
+            ``TRITON_INTERPRET=1``) or ``"dense"`` (the reference ``render_dense``).
+
+    Returns:
+        [B,C,h,w] in ``features.dtype``. Arithmetic is float32, except float64 when either
+        input is float64 on the torch/dense paths (the Triton path is always float32).
+        float16/bfloat16 inputs are upcast to float32; only the result is rounded back.
+        The culled and Triton paths are once-differentiable (no double backward).
+
+    Raises:
+        ValueError: wrong shapes, dtypes, devices, size or support, or an invalid token; the
+            message names the first bad token (b, n) and field. Values are checked with one
+            fused reduction (one host sync), so no NaN is ever produced silently.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"render: backend must be one of {BACKENDS}, got {backend!r}")
+    h, w = _check_inputs(geometry, features, size, support)
+    support = float(support)
+    wide = torch.float64 in (geometry.dtype, features.dtype)
+    if backend == "auto":
+        backend = "triton" if geometry.is_cuda and not wide else "torch"
+    if backend == "triton":
+        if not geometry.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("render: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
+        g32 = geometry.float().contiguous()
+        f32 = features.float().contiguous()
+        return _TritonRender.apply(g32, f32, h, w, support).to(features.dtype)
+    dtype = torch.float64 if wide else torch.float32
+    g = geometry.to(dtype).contiguous()
+    f = features.to(dtype).contiguous()
+    if backend == "dense":
+        out = render_dense(g, f, (h, w), support)
+    else:
+        out = _CulledRender.apply(g, f, h, w, support)
+    return out.to(features.dtype)
