@@ -1,0 +1,218 @@
+"""The :class:`GPSTokens` value type and its ``.gpst`` file format.
+
+A ``.gpst`` file is one safetensors file holding four tensors
+
+* ``geometry`` ``[B,N,5]`` and ``features`` ``[B,N,C]`` (the refined tokens),
+* ``layout.geometry`` ``[B,N,5]`` and ``layout.regions`` ``[B,N,4]`` (the layout they came from),
+
+and string metadata ``format = "gpst"``, ``format_version``, ``image_size`` and ``grid``
+(JSON pairs) and ``model`` (the tokenizer id). Files are written atomically: a temporary
+file in the destination folder is renamed over the target, so a crash never leaves a
+half-written ``.gpst``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .layout import Layout, draw_gaussians
+
+FORMAT = "gpst"
+FORMAT_VERSION = 1
+_TENSORS = ("geometry", "features", "layout.geometry", "layout.regions")
+
+
+@dataclass(frozen=True, eq=False)
+class GPSTokens:
+    """Encoded GPS tokens of a batch of images.
+
+    Attributes:
+        geometry: float32 ``[B,N,5]`` refined ``(sigma_x, sigma_y, rho, mu_x, mu_y)``,
+            sigma in ``(0,1)``, rho and mu in ``(-1,1)``; per-patch frames, patch-major
+            (the same order and frames as ``layout``).
+        features: float ``[B,N,C]`` texture features.
+        image_size: ``(H, W)`` of the original image (equals ``layout.image_size``).
+        layout: the :class:`~gpstoken.layout.Layout` the tokens were encoded from.
+        model: id of the tokenizer that produced them (registry name or path).
+    """
+
+    geometry: torch.Tensor
+    features: torch.Tensor
+    image_size: tuple[int, int]
+    layout: Layout
+    model: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layout, Layout):
+            raise TypeError(f"GPSTokens.layout: expected a Layout, got {type(self.layout).__name__}")
+        for name, t in (("geometry", self.geometry), ("features", self.features)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"GPSTokens.{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if t.ndim != 3 or not t.is_floating_point():
+                raise ValueError(f"GPSTokens.{name}: expected a float tensor [B,N,*], got {t.dtype} {tuple(t.shape)}")
+        want = tuple(self.layout.geometry.shape)
+        if tuple(self.geometry.shape) != want:
+            raise ValueError(f"GPSTokens.geometry: expected shape {want} (as the layout), got {tuple(self.geometry.shape)}")
+        if tuple(self.features.shape[:2]) != want[:2] or self.features.shape[2] == 0:
+            raise ValueError(
+                f"GPSTokens.features: expected shape [{want[0]},{want[1]},C] with C >= 1, got {tuple(self.features.shape)}"
+            )
+        if self.geometry.device != self.features.device:
+            raise ValueError(f"GPSTokens: geometry on {self.geometry.device} but features on {self.features.device}")
+        size = tuple(self.image_size) if isinstance(self.image_size, (tuple, list)) else self.image_size
+        if size != self.layout.image_size:
+            raise ValueError(f"GPSTokens.image_size: {self.image_size!r} differs from the layout's {self.layout.image_size}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"GPSTokens.model: expected a non-empty model id string, got {self.model!r}")
+        object.__setattr__(self, "image_size", size)
+        object.__setattr__(self, "geometry", self.geometry.float())
+
+    @classmethod
+    def from_array(cls, tokens: torch.Tensor, layout: Layout, model: str) -> "GPSTokens":
+        """Split official-layout tokens ``[B,N,5+C]`` into geometry and features."""
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tokens.shape[-1] < 6:
+            raise ValueError(f"tokens: expected a tensor [B,N,5+C] with C >= 1, got {getattr(tokens, 'shape', type(tokens))}")
+        return cls(tokens[..., :5], tokens[..., 5:], layout.image_size, layout, model)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def grid(self) -> tuple[int, int]:
+        """``(k, m)`` 256-patches of the image."""
+        return self.layout.grid
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens per 256x256 patch."""
+        return self.layout.n_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        """N, tokens per image."""
+        return self.geometry.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.geometry.shape[0]
+
+    @property
+    def channels(self) -> int:
+        """C, texture features per token."""
+        return self.features.shape[2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.geometry.device
+
+    def __repr__(self) -> str:
+        return (
+            f"GPSTokens(batch={self.batch_size}, n_tokens={self.n_tokens} per patch, channels={self.channels}, "
+            f"grid={self.grid}, image_size={self.image_size}, model={self.model!r})"
+        )
+
+    def to(self, device: torch.device | str) -> "GPSTokens":
+        """A copy with every tensor (layout included) on ``device``."""
+        return GPSTokens(self.geometry.to(device), self.features.to(device), self.image_size,
+                         self.layout.to(device), self.model)
+
+    def as_array(self) -> torch.Tensor:
+        """Tokens in the official layout ``[B,N,5+C]``: geometry then features (float32)."""
+        return torch.cat([self.geometry, self.features.to(self.geometry.dtype)], dim=-1)
+
+    # ------------------------------------------------------------------ drawing
+    def draw(self, image: Any = None, *, index: int = 0, scale: int = 1) -> Image.Image:
+        """Picture of the refined Gaussians (1 and 2 sigma) over their layout cells.
+
+        Same arguments as :meth:`Layout.draw`; returns an RGB PIL image.
+        """
+        return draw_gaussians(self.geometry, self.layout.regions, self.image_size, self.grid,
+                              image=image, index=index, scale=scale)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the tokens to one safetensors file (``.gpst`` recommended), atomically.
+
+        Returns the path written. The parent folder must exist.
+        """
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"save: folder {path.parent} does not exist")
+        tensors = {
+            "geometry": self.geometry,
+            "features": self.features,
+            "layout.geometry": self.layout.geometry,
+            "layout.regions": self.layout.regions,
+        }
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        metadata = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "image_size": json.dumps(list(self.image_size)),
+            "grid": json.dumps(list(self.grid)),
+            "model": self.model,
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> "GPSTokens":
+        """Read a ``.gpst`` file written by :meth:`save` (optionally onto ``device``).
+
+        Raises FileNotFoundError for a missing file and ValueError for a file that is not a
+        safetensors file, not a gpstoken token file, of an unsupported format version, or
+        inconsistent.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"load: no such token file: {path}")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = f.metadata() or {}
+                keys = set(f.keys())
+                if metadata.get("format") != FORMAT:
+                    raise ValueError(
+                        f"load: {path} is a safetensors file but not a gpstoken token file "
+                        f"(metadata format={metadata.get('format')!r}, expected {FORMAT!r}); "
+                        "checkpoints are loaded with gpstoken.load_tokenizer"
+                    )
+                tensors = {k: f.get_tensor(k) for k in _TENSORS if k in keys}
+        except SafetensorError as e:
+            raise ValueError(f"load: {path} is not a .gpst token file (not a valid safetensors file: {e})") from e
+        try:
+            version = int(metadata.get("format_version", ""))
+        except ValueError:
+            version = None
+        if version is None or version < 1:
+            raise ValueError(f"load: {path} has an invalid format_version {metadata.get('format_version')!r}")
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"load: {path} uses .gpst format version {version}; this gpstoken reads versions up to "
+                f"{FORMAT_VERSION}. Upgrade gpstoken to read it"
+            )
+        missing = [k for k in _TENSORS if k not in tensors]
+        if missing:
+            raise ValueError(f"load: {path} is missing tensors {missing}")
+        try:
+            image_size = tuple(json.loads(metadata["image_size"]))
+            grid = tuple(json.loads(metadata["grid"]))
+            model = metadata["model"]
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"load: {path} has broken metadata ({e!r}); expected image_size, grid and model") from e
+        layout = Layout(tensors["layout.geometry"], tensors["layout.regions"], image_size, grid)
+        tokens = cls(tensors["geometry"], tensors["features"], image_size, layout, model)
+        return tokens.to(device) if device is not None else tokens
