@@ -347,8 +347,7 @@ class SiT(nn.Module):
         """
         if x.shape[0] % 2:
             raise ValueError(f"forward_with_cfg needs an even batch [cond; uncond], got {x.shape[0]}")
-        tt = float(t[0])
-        if not (guidance_low / 1000.0 <= tt <= guidance_high / 1000.0):
+        if not bool((t[0] >= guidance_low / 1000.0) & (t[0] <= guidance_high / 1000.0)):  # in t's dtype
             return self.forward(x, t, y, cond)
         half = x[: x.shape[0] // 2]
         out = self.forward(torch.cat([half, half], dim=0), t, y, cond)
