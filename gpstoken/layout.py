@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -293,15 +293,14 @@ class Layout:
         """
         if boxes is None and gaussians is None:
             raise ValueError("add: give boxes=[(x0, y0, x1, y1), ...] and/or gaussians=[M,5]")
-        geo, reg, patch = [], [], []
+        parts = []
         if boxes is not None:
-            g, r, p = self._boxes_to_tokens(boxes)
-            geo.append(g), reg.append(r), patch.append(p)
+            parts.append(self._boxes_to_tokens(boxes))
         if gaussians is not None:
-            g, r, p = self._gaussians_to_tokens(gaussians)
-            geo.append(g), reg.append(r), patch.append(p)
-        new_g = torch.cat(geo).to(self.device)
-        new_r = torch.cat(reg).to(self.device)
+            parts.append(self._gaussians_to_tokens(gaussians))
+        new_g = torch.cat([g for g, _, _ in parts]).to(self.device)
+        new_r = torch.cat([r for _, r, _ in parts]).to(self.device)
+        patch = [p for _, _, p in parts]
         b = self.batch_size
         geometry = torch.cat([self.geometry, new_g.expand(b, -1, -1)], 1)
         regions = torch.cat([self.regions, new_r.expand(b, -1, -1)], 1)
