@@ -271,7 +271,8 @@ def sample(
     Args:
         velocity_fn: ``(x [B, ...], t [B]) -> v [B, ...]``.
         noise: ``[B, ...]`` standard normal start.
-        method: ``"sde"`` (default, official), ``"euler"``, ``"heun"`` or ``"dopri5"``.
+        method: ``"sde"`` (default, official), ``"euler"``, ``"heun"`` or ``"dopri5"`` (the ODE
+            names may also be spelled ``"ode-euler"``, ``"ode-heun"``, ``"ode-dopri5"``).
         steps: number of time-grid points (official ``num_sampling_steps``); ignored by dopri5.
         generator: randomness of the SDE (ODE samplers are deterministic given ``noise``).
         progress: show a tqdm progress bar.
@@ -283,6 +284,7 @@ def sample(
     """
     allowed = {"sde": {"t0", "last_step_size"}, "euler": set(), "heun": set(),
                "dopri5": {"rtol", "atol", "first_step", "max_steps"}}
+    method = {"ode-euler": "euler", "ode-heun": "heun", "ode-dopri5": "dopri5"}.get(method, method)
     if method not in allowed:
         raise ValueError(f"unknown sampling method {method!r}; choose from {list(METHODS)}")
     unknown = set(opts) - allowed[method]

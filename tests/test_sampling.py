@@ -126,6 +126,8 @@ def test_sde_is_deterministic_given_generator():
 
 def test_sample_rejects_bad_arguments():
     z = noise(4)
+    torch.testing.assert_close(sample(gaussian_velocity, z, method="ode-heun", steps=4),
+                               sample(gaussian_velocity, z, method="heun", steps=4))
     with pytest.raises(ValueError, match="unknown sampling method"):
         sample(gaussian_velocity, z, method="rk4")
     with pytest.raises(TypeError, match="rtol"):
