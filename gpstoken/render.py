@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 
@@ -76,76 +77,91 @@ def pixel_bounds(geometry: torch.Tensor, h: int, w: int, support: float) -> torc
 
 def _cover_pairs(
     geometry: torch.Tensor, h: int, w: int, support: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flat list of candidate (token, pixel) pairs, token-major.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat list of candidate (token, pixel) pairs, token-major, pixels row-major in a token.
 
-    geometry [B,N,5]. Returns (tok [P] index into B*N, row [P], col [P]) int64 tensors
-    covering every pixel inside every cut-off box (plus a one-pixel margin).
+    geometry [B,N,5]. Returns (tok [P] index into B*N, row [P], col [P], crow [B*N+1]) int64,
+    covering every pixel inside every cut-off box (plus a one-pixel margin); the pairs of
+    token k are ``crow[k]:crow[k+1]``.
     """
     bounds = pixel_bounds(geometry, h, w, support).reshape(-1, 4)
-    ny = (bounds[:, 1] - bounds[:, 0] + 1).clamp_min(0)
-    nx = (bounds[:, 3] - bounds[:, 2] + 1).clamp_min(0)
-    count = ny * nx
-    total = int(count.sum())
+    r0, r1, c0, c1 = bounds.unbind(-1)
+    nx = (c1 - c0 + 1).clamp_min(0)
+    count = (r1 - r0 + 1).clamp_min(0) * nx
+    crow = torch.zeros(count.numel() + 1, dtype=torch.long, device=geometry.device)
+    torch.cumsum(count, 0, out=crow[1:])
+    total = int(crow[-1])
     tok = torch.repeat_interleave(torch.arange(count.numel(), device=geometry.device), count, output_size=total)
-    start = torch.cumsum(count, 0) - count
-    off = torch.arange(total, device=geometry.device) - start[tok]
-    nx_t = nx[tok]
-    row = bounds[tok, 0] + torch.div(off, nx_t, rounding_mode="floor")
-    col = bounds[tok, 2] + off % nx_t
-    return tok, row, col
+    off = torch.arange(total, device=geometry.device) - crow[:-1].index_select(0, tok)
+    nx_t = nx.index_select(0, tok)
+    row = r0.index_select(0, tok) + torch.div(off, nx_t, rounding_mode="floor")
+    col = c0.index_select(0, tok) + off % nx_t
+    return tok, row, col, crow
+
+
+def _pair_csr(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """[B*N, n_cols] CSR matrix with one row per token (rows of the token-major pair list)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, cols, values, (crow.numel() - 1, n_cols))
 
 
 class _CulledRender(torch.autograd.Function):
-    """Culled pure-torch render with a hand-written backward (twin of the Triton kernels)."""
+    """Culled pure-torch render with a hand-written backward (twin of the Triton kernels).
+
+    Work and memory are O(P*C) for P covered (token, pixel) pairs. Per-token sums over pairs
+    use CSR products whose rows are tokens (pairs are token-major).
+    """
 
     @staticmethod
     def forward(ctx, geometry: torch.Tensor, features: torch.Tensor, h: int, w: int, support: float):
         B, N, C = features.shape
         dev = geometry.device
-        tok, row, col = _cover_pairs(geometry, h, w, support)
-        geo = geometry.reshape(B * N, 5)
-        sx, sy, rho, mx, my = geo.unbind(-1)
+        tok, row, col, crow = _cover_pairs(geometry, h, w, support)
+        sx, sy, rho, mx, my = (x.contiguous() for x in geometry.reshape(B * N, 5).unbind(-1))
         xs = pixel_coords(w, dev).to(geometry.dtype)
         ys = pixel_coords(h, dev).to(geometry.dtype)
-        dx = xs[col] - mx[tok]
-        dy = ys[row] - my[tok]
-        inside = (dx.abs() <= (support * sx)[tok]) & (dy.abs() <= (support * sy)[tok])
-        u = dx / sx[tok]
-        t = dy / sy[tok]
-        rho_t = rho[tok]
-        a = 0.5 / (1.0 - rho_t * rho_t)
+        dx = xs.index_select(0, col) - mx.index_select(0, tok)
+        dy = ys.index_select(0, row) - my.index_select(0, tok)
+        inside = (dx.abs() <= (support * sx).index_select(0, tok)) & (dy.abs() <= (support * sy).index_select(0, tok))
+        u = dx / sx.index_select(0, tok)
+        t = dy / sy.index_select(0, tok)
+        rho_t = rho.index_select(0, tok)
         q = u * u - 2.0 * rho_t * u * t + t * t
-        v = torch.where(inside, torch.exp(-a * q), 0.0)
+        v = torch.where(inside, torch.exp(q * (-0.5 / (1.0 - rho_t * rho_t))), 0.0)
         pix = torch.div(tok, N, rounding_mode="floor") * (h * w) + row * w + col
         feat = features.reshape(B * N, C)
         out = torch.zeros(B * h * w, C, dtype=features.dtype, device=dev)
-        out.index_add_(0, pix, feat[tok] * v[:, None])
-        ctx.save_for_backward(geometry, features, tok, pix, v, u, t, q)
+        out.index_add_(0, pix, feat.index_select(0, tok) * v[:, None])
+        ctx.save_for_backward(geometry, features, tok, pix, crow, v, u, t, q)
+        ctx.size = (h, w)
         return out.view(B, h, w, C).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        geometry, features, tok, pix, v, u, t, q = ctx.saved_tensors
+        geometry, features, tok, pix, crow, v, u, t, q = ctx.saved_tensors
         B, N, C = features.shape
+        h, w = ctx.size
         live = v > 0  # zero u, t, q where v == 0 so 0 * inf cannot occur
         u = torch.where(live, u, 0.0)
         t = torch.where(live, t, 0.0)
         q = torch.where(live, q, 0.0)
-        g = grad_out.permute(0, 2, 3, 1).reshape(-1, C)[pix]  # [P,C]
+        g = grad_out.permute(0, 2, 3, 1).reshape(B * h * w, C).to(features.dtype)  # channels-last
         feat = features.reshape(B * N, C)
-        gv = v * (g * feat[tok]).sum(-1)
-        grad_feat = torch.zeros_like(feat).index_add_(0, tok, g * v[:, None])
-        sx, sy, rho, _, _ = geometry.reshape(B * N, 5).unbind(-1)
-        rho_t = rho[tok]
+        # grad_f[k] = sum_p v_p g[pix_p];  <g[pix_p], f[tok_p]> is a sampled product (SDDMM).
+        grad_feat = _pair_csr(crow, pix, v, B * h * w) @ g
+        dots = torch.sparse.sampled_addmm(_pair_csr(crow, pix, torch.zeros_like(v), B * h * w), feat, g.t(), beta=0.0)
+        gv = v * dots.values()
+        sx, sy, rho, _, _ = (x.contiguous() for x in geometry.reshape(B * N, 5).unbind(-1))
+        rho_t = rho.index_select(0, tok)
         a2 = 1.0 / (1.0 - rho_t * rho_t)  # 2a
-        dmx = a2 * (u - rho_t * t) / sx[tok] * gv
-        dmy = a2 * (t - rho_t * u) / sy[tok] * gv
+        dmx = a2 * (u - rho_t * t) / sx.index_select(0, tok) * gv
+        dmy = a2 * (t - rho_t * u) / sy.index_select(0, tok) * gv
         drho = a2 * (u * t - rho_t * a2 * q) * gv
-        per_pair = torch.stack((u * dmx, t * dmy, drho, dmx, dmy), dim=-1)
-        grad_geo = torch.zeros(B * N, 5, dtype=geometry.dtype, device=geometry.device)
-        grad_geo.index_add_(0, tok, per_pair)
+        per_pair = torch.stack((u * dmx, t * dmy, drho, dmx, dmy), dim=-1)  # [P,5]
+        p_idx = torch.arange(v.numel(), device=v.device)
+        grad_geo = _pair_csr(crow, p_idx, torch.ones_like(v), v.numel()) @ per_pair
         return grad_geo.view(B, N, 5), grad_feat.view(B, N, C), None, None, None
 
 
@@ -287,6 +303,8 @@ def render(
     wide = torch.float64 in (geometry.dtype, features.dtype)
     if backend == "auto":
         backend = "triton" if geometry.is_cuda and not wide else "torch"
+    if geometry.shape[0] * geometry.shape[1] == 0:
+        backend = "dense"  # no tokens: the reference handles empty tensors (a zero map)
     if backend == "triton":
         if not geometry.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("render: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")

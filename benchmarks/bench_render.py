@@ -1,0 +1,106 @@
+"""Benchmark the render paths: forward + backward, dense reference vs culled torch (vs Triton on CUDA).
+
+Token geometry imitates the entropy partition: a 256x256 patch is cut into N rectangular
+cells (random halving of the longer side, cells from 8 to 128 pixels), each giving
+``sigma = (size-1)/256 * 2/3`` and its centre, plus a small random rho.
+
+Usage: ``python benchmarks/bench_render.py [--reps 5] [--threads 2]``.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import torch
+
+from gpstoken.render import render
+
+# (B, N, h, w, C)
+CASES = [(8, 128, 64, 64, 16), (8, 256, 64, 64, 16), (4, 256, 128, 128, 32)]
+
+
+def partition_geometry(n: int, rng: random.Random, patch: int = 256) -> list[list[float]]:
+    """N cells of a random halving partition -> [N,5] (sigma_x, sigma_y, rho, mu_x, mu_y)."""
+    cells = [(x, y, 128, 128) for x in (0, 128) for y in (0, 128)]
+    while len(cells) < n:
+        i = rng.choice([k for k, c in enumerate(cells) if max(c[2], c[3]) > 8])
+        x, y, cw, ch = cells.pop(i)
+        if cw >= ch:
+            cells += [(x, y, cw // 2, ch), (x + cw // 2, y, cw // 2, ch)]
+        else:
+            cells += [(x, y, cw, ch // 2), (x, y + ch // 2, cw, ch // 2)]
+    out = []
+    for x, y, cw, ch in cells:
+        sx, sy = (cw - 1) / patch * 2 / 3, (ch - 1) / patch * 2 / 3
+        mx = ((x + x + cw - 1) / 2 / (patch - 1) - 0.5) * 2
+        my = ((y + y + ch - 1) / 2 / (patch - 1) - 0.5) * 2
+        out.append([sx, sy, rng.uniform(-0.5, 0.5), mx, my])
+    return out
+
+
+def make_inputs(B: int, N: int, C: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = random.Random(seed)
+    geo = torch.tensor([partition_geometry(N, rng) for _ in range(B)], dtype=torch.float32, device=device)
+    feat = torch.randn(B, N, C, generator=torch.Generator().manual_seed(seed)).to(device)
+    return geo, feat
+
+
+def fwd_bwd(geo: torch.Tensor, feat: torch.Tensor, size: tuple[int, int], backend: str, grad: torch.Tensor):
+    g = geo.detach().requires_grad_()
+    f = feat.detach().requires_grad_()
+    out = render(g, f, size, backend=backend)
+    out.backward(grad)
+    return out.detach(), g.grad, f.grad
+
+
+def timed(fn, reps: int, sync) -> float:
+    fn()  # warm-up (and Triton compilation)
+    ts = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return min(ts) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    print(f"render forward+backward, best of {args.reps} (ms); CPU threads {args.threads}"
+          + (f"; GPU {torch.cuda.get_device_name()}" if cuda else ""))
+    head = f"{'B':>3} {'N':>4} {'h x w':>9} {'C':>3} | {'dense':>9} {'culled':>9} {'speed-up':>8} {'max|diff|':>9}"
+    if cuda:
+        head += f" | {'cuda dense':>10} {'triton':>8} {'speed-up':>8} {'max|diff|':>9}"
+    print(head)
+    print("-" * len(head))
+    for B, N, h, w, C in CASES:
+        geo, feat = make_inputs(B, N, C, "cpu")
+        grad = torch.randn(B, C, h, w, generator=torch.Generator().manual_seed(1))
+        ref = fwd_bwd(geo, feat, (h, w), "dense", grad)
+        got = fwd_bwd(geo, feat, (h, w), "torch", grad)
+        diff = max((a - b).abs().max().item() for a, b in zip(ref, got))
+        t_dense = timed(lambda: fwd_bwd(geo, feat, (h, w), "dense", grad), args.reps, lambda: None)
+        t_cull = timed(lambda: fwd_bwd(geo, feat, (h, w), "torch", grad), args.reps, lambda: None)
+        row = f"{B:>3} {N:>4} {f'{h}x{w}':>9} {C:>3} | {t_dense:>9.2f} {t_cull:>9.2f} {t_dense / t_cull:>7.1f}x {diff:>9.1e}"
+        if cuda:
+            gc, fc, gradc = geo.cuda(), feat.cuda(), grad.cuda()
+            refc = fwd_bwd(gc, fc, (h, w), "dense", gradc)
+            gotc = fwd_bwd(gc, fc, (h, w), "triton", gradc)
+            diffc = max((a - b).abs().max().item() for a, b in zip(refc, gotc))
+            sync = torch.cuda.synchronize
+            td = timed(lambda: fwd_bwd(gc, fc, (h, w), "dense", gradc), args.reps, sync)
+            tt = timed(lambda: fwd_bwd(gc, fc, (h, w), "triton", gradc), args.reps, sync)
+            row += f" | {td:>10.3f} {tt:>8.3f} {td / tt:>7.1f}x {diffc:>9.1e}"
+        print(row)
+    print("max|diff| = largest absolute difference over output, grad geometry and grad features vs dense.")
+
+
+if __name__ == "__main__":
+    main()
