@@ -1,0 +1,86 @@
+"""``gpstoken train tokenizer|layout|texture --config FILE`` (also ``python -m gpstoken.train.cli``,
+which is what ``accelerate launch -m gpstoken.train.cli ...`` runs on every process)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+KINDS = ("tokenizer", "layout", "texture")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of one ``train`` command."""
+    p.add_argument("kind", choices=KINDS, help="what to train: the tokenizer, the layout SiT or the texture SiT")
+    p.add_argument("--config", required=True, help="train config JSON (see examples/configs/)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--init-from", default=None, help="safetensors weights to start from (fine-tuning)")
+    p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="time budget: checkpoint, export and stop after this many minutes")
+    p.add_argument("--tokenizer", default=None, help="texture/layout: override the config's tokenizer")
+    p.add_argument("--layout-from", default=None, help="texture: bundle this layout export into the generator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpstoken train", description="Train GPSToken models (needs gpstoken[train]).")
+    add_train_arguments(p)
+    return p
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train`` on a parent CLI's sub-parsers; its handler is :func:`run_args`."""
+    p = subparsers.add_parser("train", help="train models (needs: pip install gpstoken[train])")
+    add_train_arguments(p)
+    p.set_defaults(func=run_args)
+    return p
+
+
+def run_args(args: argparse.Namespace) -> dict:
+    """Run the training command described by parsed ``args``; returns the run summary."""
+    from pathlib import Path
+
+    from .common import require_train_deps
+
+    require_train_deps()
+    from .generator_trainer import GeneratorTrainConfig, train_generator
+    from .tokenizer_trainer import TokenizerTrainConfig, train_tokenizer
+
+    cls = TokenizerTrainConfig if args.kind == "tokenizer" else GeneratorTrainConfig
+    cfg = cls.from_json(args.config)
+    if args.max_steps is not None:
+        cfg.max_steps = args.max_steps
+    if args.max_minutes is not None:
+        cfg.max_minutes = args.max_minutes
+    if args.init_from is not None:
+        cfg.init_from = args.init_from
+    if args.kind != "tokenizer":
+        if args.tokenizer is not None:
+            cfg.tokenizer = args.tokenizer
+        if args.layout_from is not None:
+            cfg.layout_from = args.layout_from
+    elif args.tokenizer or args.layout_from:
+        raise ValueError("--tokenizer / --layout-from apply to layout and texture training only")
+    out = args.out or str(Path("runs") / Path(args.config).stem)
+    if args.kind == "tokenizer":
+        return train_tokenizer(cfg, out, resume=args.resume)
+    return train_generator(cfg, out, args.kind, resume=args.resume)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: returns a process exit code (1 with a message on configuration errors)."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        summary = run_args(args)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"gpstoken train {args.kind}: error: {e}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":
+        print(f"gpstoken train {args.kind}: done at step {summary['step']}, exported {summary['export']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

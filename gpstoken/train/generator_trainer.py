@@ -1,0 +1,365 @@
+"""Generator training: the texture SiT (tokens given the layout) and the layout SiT (g_init).
+
+Pipeline:
+
+1. **Extraction** (cached): ``extract_samples`` labeled training crops are partitioned and,
+   for the texture model, encoded with the trained tokenizer. The arrays (``g_init [M,N,5]``,
+   ``labels [M]`` and ``tokens [M,N,5+C]``) are cached as one safetensors file whose name
+   hashes the data config, the sample count, the seed and the tokenizer file, so a
+   re-run (or a resumed run) reuses it. With several processes every process encodes its
+   share and the main process merges them.
+2. **Normalisation**: per-channel mean / std over all tokens. The texture target is
+   ``[geometry - g_init, features]`` (21 channels for C=16), since generation adds ``g_init``
+   back after de-normalisation (algorithms.md section 6). The layout target is ``g_init``.
+   Channels that never vary (rho of ``g_init`` is always 0) get std 1.
+3. **Flow matching**: ``x_t = t * x1 + (1 - t) * x0`` with ``x0 ~ N(0, I)``, ``t ~ U(0, 1)``;
+   the SiT predicts the velocity ``x1 - x0`` (MSE). Labels are dropped with the SiT's
+   ``class_dropout_prob`` (training mode) for classifier-free guidance. The texture model is
+   conditioned on the layout with noise added during training:
+   ``cond = g_init + cond_noise * std(g_init) * eps`` (``cond_noise = 0.5``: noise of half each
+   geometry channel's standard deviation, the paper's 0.5-std layout noise), which makes it
+   robust to generated / calibrated layouts. The layout model has ``cond_channels = 0`` and
+   uses its positional embedding.
+4. **Export**: texture EMA weights under ``ema_model.`` (official format) in
+   ``export/generator.safetensors`` with the SiT config, ``latent_mean`` / ``latent_std``, the
+   paired ``tokenizer`` id and the class names in the metadata (``gpstoken.load_generator``
+   reads it). With ``layout_from`` (a layout export) its ``layout_model.`` weights and stats
+   are bundled in. The layout model alone goes to ``export/layout.safetensors``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.configs import SIT_ARCHS, SiTConfig
+from ..models.sit import SiT
+from .common import Run, RunConfig, lr_factor, set_lr
+from .data import CropDataset, StepBatchSampler, make_loader, training_images
+from .ema import EMA
+from .tokenizer_trainer import load_weights
+
+GEOMETRY = 5
+
+
+@dataclass
+class GeneratorTrainConfig(RunConfig):
+    """Generator training options (JSON fields; see :class:`RunConfig` for the common ones).
+
+    model: a registered SiT architecture (``SIT_ARCHS``) or a ``SiTConfig`` dict; the fields
+    ``input_size``, ``in_channels``, ``cond_channels`` and ``num_classes`` are derived from
+    the data and the tokenizer. tokenizer: the trained tokenizer (path or registry name;
+    required for ``texture``). tokenizer_id: the id written to the export (default: the
+    tokenizer's id). extract_samples / extract_batch_size: crops to encode and the encoding
+    batch. cache_dir: extraction cache (default ``<out>/cache``). cond_noise: layout
+    condition noise in units of each geometry channel's std (texture). layout_from: a layout
+    export to bundle into the texture export. class_names: override the data's class names.
+    init_from: a safetensors generator to start from (``ema_model.`` / ``layout_model.``
+    prefixed keys or plain keys).
+    """
+
+    model: Any = "SiT-XL/2-gs"
+    tokenizer: Optional[str] = None
+    tokenizer_id: Optional[str] = None
+    extract_samples: int = 4096
+    extract_batch_size: int = 32
+    cache_dir: Optional[str] = None
+    cond_noise: float = 0.5
+    layout_from: Optional[str] = None
+    class_names: Optional[list[str]] = None
+    init_from: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.data.labeled:
+            raise ValueError("data.labeled: generator training needs class labels; set it to true")
+        lo, hi = self.data.token_range
+        if lo != hi:
+            raise ValueError(f"data.n_tokens: a generator is trained on a fixed token count, got {self.data.n_tokens}")
+
+    def base_sit_config(self) -> SiTConfig:
+        if isinstance(self.model, str):
+            if self.model not in SIT_ARCHS:
+                raise ValueError(f"model: unknown SiT architecture {self.model!r}; known: {sorted(SIT_ARCHS)}")
+            return SIT_ARCHS[self.model]
+        if isinstance(self.model, dict):
+            return SiTConfig.from_dict(self.model)
+        raise ValueError(f"model: expected an architecture name or a config dict, got {type(self.model).__name__}")
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_tokenizer_model(name_or_path: str, device: torch.device):
+    from ..pipeline import load_tokenizer
+
+    tok = load_tokenizer(name_or_path, device=device)
+    return tok.model, tok.name
+
+
+def extract(cfg: GeneratorTrainConfig, run: Run, with_tokens: bool) -> dict[str, torch.Tensor]:
+    """Extract (or load from the cache) ``g_init``, ``labels`` and, with ``with_tokens``, the
+    tokenizer's ``tokens`` for ``cfg.extract_samples`` training crops (see module doc)."""
+    from safetensors.torch import load_file, save_file
+
+    tok_key = ""
+    if with_tokens:
+        if not cfg.tokenizer:
+            raise ValueError("tokenizer: texture training needs the trained tokenizer (path or registry name)")
+        tok_key = _file_digest(cfg.tokenizer) if os.path.isfile(cfg.tokenizer) else cfg.tokenizer
+    key_src = json.dumps({"data": cfg.data.to_dict(), "n": cfg.extract_samples, "seed": cfg.seed, "tok": tok_key},
+                         sort_keys=True, default=str)
+    key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else run.out / "cache"
+    final = cache / f"{'tokens' if with_tokens else 'layouts'}-{key}.safetensors"
+    if run.is_main:
+        cache.mkdir(parents=True, exist_ok=True)
+    run.accelerator.wait_for_everyone()
+    if not final.exists():
+        n = cfg.extract_samples
+        per = -(-n // run.world)
+        lo, hi = min(n, run.rank * per), min(n, (run.rank + 1) * per)
+        part = _extract_range(cfg, run, lo, hi, with_tokens)
+        part_path = cache / f"{final.stem}.part{run.rank}of{run.world}.safetensors"
+        save_file(part, str(part_path))
+        run.accelerator.wait_for_everyone()
+        if run.is_main:
+            parts = [load_file(str(cache / f"{final.stem}.part{r}of{run.world}.safetensors")) for r in range(run.world)]
+            merged = {k: torch.cat([p[k] for p in parts if p[k].numel()]) for k in parts[0]}
+            tmp = final.with_suffix(".tmp")
+            save_file(merged, str(tmp), metadata={"key": key_src})
+            os.replace(tmp, final)
+            for r in range(run.world):
+                (cache / f"{final.stem}.part{r}of{run.world}.safetensors").unlink()
+        run.accelerator.wait_for_everyone()
+    data = load_file(str(final))
+    run.log_text(f"{len(data['labels'])} extracted samples from {final}")
+    return data
+
+
+@torch.no_grad()
+def _extract_range(cfg: GeneratorTrainConfig, run: Run, lo: int, hi: int, with_tokens: bool) -> dict[str, torch.Tensor]:
+    entries, _ = training_images(cfg.data)
+    n_tokens = cfg.data.token_range[0]
+    bs = cfg.extract_batch_size
+    sampler = [[(j, n_tokens) for j in range(s, min(hi, s + bs))] for s in range(lo, hi, bs)]
+    loader = make_loader(CropDataset(entries, cfg.data, cfg.seed), sampler, num_workers=cfg.data.num_workers)
+    model = _load_tokenizer_model(cfg.tokenizer, run.device)[0] if with_tokens else None
+    out: dict[str, list[torch.Tensor]] = {"g_init": [], "labels": []}
+    if with_tokens:
+        out["tokens"] = []
+    for batch in loader:
+        out["g_init"].append(batch["g_init"])
+        out["labels"].append(batch["label"])
+        if model is not None:
+            with run.autocast():
+                t = model.encode(batch["image"].to(run.device), batch["g_init"].to(run.device),
+                                 batch["regions"].to(run.device))
+            out["tokens"].append(t.float().cpu())
+    if not out["labels"]:
+        c = GEOMETRY + (model.config.gps_c if model is not None else 0)
+        empty = {"g_init": torch.zeros(0, n_tokens, GEOMETRY), "labels": torch.zeros(0, dtype=torch.long)}
+        if with_tokens:
+            empty["tokens"] = torch.zeros(0, n_tokens, c)
+        return empty
+    return {k: torch.cat(v).contiguous() for k, v in out.items()}
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of ``[M, N, C]`` over M and N (std 1 where it is ~0)."""
+    flat = x.reshape(-1, x.shape[-1]).double()
+    mean, std = flat.mean(0), flat.std(0)
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)
+    return mean.float(), std.float()
+
+
+def texture_targets(tokens: torch.Tensor, g_init: torch.Tensor) -> torch.Tensor:
+    """``[geometry - g_init, features]`` for tokens ``[M,N,5+C]``."""
+    return torch.cat([tokens[..., :GEOMETRY] - g_init, tokens[..., GEOMETRY:]], dim=-1)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class GeneratorTrainer:
+    """Trains the texture (``kind="texture"``) or layout (``kind="layout"``) SiT."""
+
+    def __init__(self, cfg: GeneratorTrainConfig, out: str | os.PathLike, kind: str) -> None:
+        if kind not in ("texture", "layout"):
+            raise ValueError(f"kind: expected 'texture' or 'layout', got {kind!r}")
+        self.cfg, self.kind = cfg, kind
+        self.run = Run(cfg, out, kind)
+        dev = self.run.device
+        _, classes = training_images(cfg.data)
+        self.class_names = list(cfg.class_names or classes)
+        data = extract(cfg, self.run, with_tokens=kind == "texture")
+        self.g_init = data["g_init"].to(dev)
+        self.labels = data["labels"].to(dev)
+        n_tokens = self.g_init.shape[1]
+        if kind == "texture":
+            x = texture_targets(data["tokens"], data["g_init"])
+            self.cond_std = data["g_init"].reshape(-1, GEOMETRY).std(0).to(dev)
+        else:
+            x = data["g_init"]
+        self.mean, self.std = channel_stats(x)
+        self.x = ((x - self.mean) / self.std).to(dev)
+        self.sit_config = dataclasses.replace(
+            cfg.base_sit_config(), input_size=(n_tokens, 1), in_channels=x.shape[-1],
+            cond_channels=GEOMETRY if kind == "texture" else 0, num_classes=len(self.class_names))
+        if int(self.labels.max()) >= len(self.class_names):
+            raise ValueError(f"labels go up to {int(self.labels.max())} but there are {len(self.class_names)} classes")
+        model = SiT(self.sit_config)
+        if cfg.init_from:
+            state = load_weights(cfg.init_from)
+            want = "layout_model." if kind == "layout" else "ema_model."
+            prefix = want if any(k.startswith(want) for k in state) else ""
+            model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        self.ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+        self.ema.model.to(dev)
+        if cfg.compile:
+            model.compile()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.model, self.opt = self.run.accelerator.prepare(model, opt)
+        self.run.accelerator.register_for_checkpointing(self.ema)
+        self.tokenizer_id: Optional[str] = None
+
+    def _indices(self, batch: int) -> torch.Tensor:
+        """Sample indices of this process for global micro-batch ``batch`` (epoch-wise permutation)."""
+        cfg, run, m = self.cfg, self.run, len(self.labels)
+        first = (batch * run.world + run.rank) * cfg.batch_size
+        ids = np.arange(first, first + cfg.batch_size)
+        epochs, pos = np.divmod(ids, m)
+        out = [np.random.default_rng([cfg.seed, 5, int(e)]).permutation(m)[p] for e, p in zip(epochs, pos)]
+        return torch.as_tensor(np.array(out), device=self.run.device)
+
+    def loss(self, idx: torch.Tensor) -> torch.Tensor:
+        """Velocity-matching loss on samples ``idx``."""
+        x1 = self.x[idx].transpose(1, 2).unsqueeze(-1)  # [B, C, N, 1]
+        x0 = torch.randn_like(x1)
+        t = torch.rand(len(idx), device=x1.device)
+        tt = t.view(-1, 1, 1, 1)
+        xt = tt * x1 + (1 - tt) * x0
+        cond = None
+        if self.kind == "texture":
+            g = self.g_init[idx]
+            cond = g + self.cfg.cond_noise * self.cond_std * torch.randn_like(g)
+        with self.run.autocast():
+            v = self.model(xt, t, self.labels[idx], cond)
+        return F.mse_loss(v.float(), x1 - x0)
+
+    def train_step(self) -> dict[str, float]:
+        cfg, run, acc = self.cfg, self.run, self.run.accelerator
+        lr = cfg.lr * lr_factor(run.step, cfg.max_steps, cfg.lr_warmup, cfg.lr_schedule)
+        set_lr(self.opt, lr)
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            idx = self._indices(run.step * cfg.grad_accum + micro)
+            ctx = acc.no_sync(self.model) if micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+            with ctx:
+                loss = self.loss(idx)
+                acc.backward(loss / cfg.grad_accum)
+            total += float(loss.detach()) / cfg.grad_accum
+        if cfg.grad_clip > 0:
+            acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema.update(acc.unwrap_model(self.model))
+        run.progress.step += 1
+        return {"loss": total, "lr": lr}
+
+    def _paired_tokenizer(self) -> str:
+        if self.cfg.tokenizer_id:
+            return self.cfg.tokenizer_id
+        if self.tokenizer_id is None:
+            self.tokenizer_id = _load_tokenizer_model(self.cfg.tokenizer, torch.device("cpu"))[1]
+        return self.tokenizer_id
+
+    def export(self) -> Path:
+        """Write the EMA weights (see module doc); returns the export path."""
+        from ..hub import save_checkpoint
+
+        run = self.run
+        name = "generator.safetensors" if self.kind == "texture" else "layout.safetensors"
+        path = run.out / "export" / name
+        if run.is_main:
+            dt = torch.float16 if self.cfg.export_dtype == "float16" else torch.float32
+            prefix = "ema_model." if self.kind == "texture" else "layout_model."
+            state = {prefix + k: v.detach().to("cpu", dt).contiguous() for k, v in self.ema.model.state_dict().items()}
+            info: dict[str, Any] = {"class_names": self.class_names, "n_tokens": self.sit_config.input_size[0]}
+            if self.kind == "texture":
+                info.update(config=self.sit_config.to_dict(), latent_mean=self.mean.tolist(),
+                            latent_std=self.std.tolist(), tokenizer=self._paired_tokenizer())
+                if self.cfg.layout_from:
+                    state.update(_layout_part(self.cfg.layout_from, info))
+            else:
+                info.update(layout_config=self.sit_config.to_dict(), layout_mean=self.mean.tolist(),
+                            layout_std=self.std.tolist())
+            extra = {"train_step": run.step, "cond_noise": self.cfg.cond_noise, "trained": self.kind}
+            save_checkpoint(state, path, info, "generator", extra)
+        run.accelerator.wait_for_everyone()
+        return path
+
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        """Train until ``max_steps`` or ``max_minutes``; checkpoint and export at the end."""
+        cfg, run = self.cfg, self.run
+        if resume:
+            run.resume()
+        self.model.train()
+        run.start_bar()
+        stats: dict[str, float] = {}
+        try:
+            while run.step < cfg.max_steps:
+                stats = self.train_step()
+                run.tick({"loss": stats["loss"]})
+                if run.every(cfg.log_every):
+                    run.log_metrics(run.mean_over_processes(stats))
+                if run.every(cfg.save_every) and run.step < cfg.max_steps:
+                    run.save()
+                if run.out_of_time():
+                    run.log_text(f"time budget of {cfg.max_minutes} min reached at step {run.step}")
+                    break
+        finally:
+            run.close_bar()
+        run.save()
+        path = self.export()
+        return {"step": run.step, "export": str(path), "train": stats}
+
+
+def _layout_part(path: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The ``layout_model.`` weights of a layout export; adds its config and stats to ``info``."""
+    from ..hub import checkpoint_config, load_safetensors
+
+    state, file_meta = load_safetensors(path)
+    layout = checkpoint_config(file_meta, "generator") or {}
+    if "layout_config" not in layout:
+        raise ValueError(f"layout_from: {path} is not a layout export of `gpstoken train layout`")
+    if layout.get("n_tokens") != info["n_tokens"]:
+        raise ValueError(f"layout_from: {path} makes {layout.get('n_tokens')} tokens, this model {info['n_tokens']}")
+    info.update({k: layout[k] for k in ("layout_config", "layout_mean", "layout_std")})
+    part = {k: v for k, v in state.items() if k.startswith("layout_model.")}
+    if not part:
+        raise ValueError(f"layout_from: {path} holds no layout_model.* weights")
+    return part
+
+
+def train_generator(cfg: GeneratorTrainConfig, out: str | os.PathLike, kind: str, *,
+                    resume: bool = False) -> dict[str, Any]:
+    """Train the texture or layout generator into ``out``; returns a summary dict."""
+    return GeneratorTrainer(cfg, out, kind).train(resume=resume)

@@ -1,0 +1,290 @@
+"""Tokenizer training (paper recipe): L1/L2 + optional ST-LPIPS + PatchGAN hinge loss with a
+VQGAN adaptive weight, Adam(0.5, 0.9), EMA, periodic PSNR/SSIM on held-out crops, EMA export
+in the official key format.
+
+>>> from gpstoken.train import TokenizerTrainConfig, train_tokenizer
+>>> cfg = TokenizerTrainConfig.from_json("examples/configs/tiny_tokenizer.json")
+>>> summary = train_tokenizer(cfg, "runs/tiny_tok")   # runs/tiny_tok/export/tokenizer.safetensors
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..models.configs import TOKENIZER_ARCHS, TokenizerConfig
+from ..models.tokenizer import GPSTokenizer
+from .common import Run, RunConfig, lr_factor, set_lr
+from .data import CropDataset, EvalDataset, StepBatchSampler, heldout_images, make_loader, training_images
+from .ema import EMA
+from .losses import (PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, maybe_perceptual, psnr,
+                     reconstruction_loss, ssim)
+
+
+@dataclass
+class TokenizerTrainConfig(RunConfig):
+    """Tokenizer training options (JSON fields; see :class:`RunConfig` for the common ones).
+
+    model: a registered architecture name (``gpstoken.models.configs.TOKENIZER_ARCHS``) or a
+    ``TokenizerConfig`` dict. l1_weight / l2_weight: pixel losses. perceptual_weight: ST-LPIPS
+    (optional package; 0 disables). disc_weight: PatchGAN hinge loss weight (0 disables),
+    scaled by the adaptive weight when ``adaptive_disc_weight``; the GAN starts at
+    ``disc_start`` optimizer steps. disc_lr: defaults to ``lr``. init_from: a safetensors
+    tokenizer to start from (fine-tuning). eval_n_tokens: tokens of the evaluation crops
+    (default: the largest training count). sample_count: images in the PNG sample grids.
+    """
+
+    model: Any = "gpstoken-m128"
+    betas: tuple[float, float] = (0.5, 0.9)
+    l1_weight: float = 1.0
+    l2_weight: float = 0.0
+    perceptual_weight: float = 0.0
+    perceptual_net: str = "alex"
+    disc_weight: float = 0.5
+    disc_start: int = 20000
+    disc_channels: int = 64
+    disc_layers: int = 3
+    disc_lr: Optional[float] = None
+    adaptive_disc_weight: bool = True
+    init_from: Optional[str] = None
+    eval_n_tokens: Optional[int] = None
+    sample_count: int = 8
+
+    def tokenizer_config(self) -> TokenizerConfig:
+        if isinstance(self.model, str):
+            if self.model not in TOKENIZER_ARCHS:
+                raise ValueError(f"model: unknown architecture {self.model!r}; known: {sorted(TOKENIZER_ARCHS)}")
+            return TOKENIZER_ARCHS[self.model]
+        if isinstance(self.model, dict):
+            return TokenizerConfig.from_dict(self.model)
+        raise ValueError(f"model: expected an architecture name or a config dict, got {type(self.model).__name__}")
+
+
+def load_weights(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Float32 tensors of a safetensors file (keys under ``prefix``, prefix stripped)."""
+    from safetensors.torch import load_file
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"init_from: no such file {path}")
+    state = load_file(path)
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise ValueError(f"{path}: no weights under the prefix {prefix!r}")
+    return {k: v.float() for k, v in state.items()}
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def save_grid(rows: list[torch.Tensor], path: Path) -> None:
+    """Save rows of ``[B,3,H,W]`` images in ``[-1,1]`` as one PNG grid."""
+    grid = torch.cat([torch.cat(list(r.float().cpu().clamp(-1, 1)), dim=2) for r in rows], dim=1)
+    arr = ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+
+
+def export_tokenizer(model: torch.nn.Module, config: TokenizerConfig, path: str | os.PathLike, *,
+                     dtype: str = "float32", extra_metadata: Optional[dict[str, Any]] = None) -> Path:
+    """Write ``model``'s weights (official keys) to a safetensors file loadable by
+    ``gpstoken.load_tokenizer`` / ``GPSTokenizer.load_state_dict(strict=True)``."""
+    from ..hub import save_checkpoint
+
+    dt = torch.float16 if dtype == "float16" else torch.float32
+    state = {k: v.detach().to("cpu", dt if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
+    save_checkpoint(state, path, config.to_dict(), "tokenizer", extra_metadata or {})
+    return Path(path)
+
+
+class TokenizerTrainer:
+    """Builds the models, optimizers and data of a tokenizer run and trains it (see module doc)."""
+
+    def __init__(self, cfg: TokenizerTrainConfig, out: str | os.PathLike) -> None:
+        self.cfg = cfg
+        self.run = Run(cfg, out, "tokenizer")
+        acc = self.run.accelerator
+        self.model_config = cfg.tokenizer_config()
+        model = GPSTokenizer(self.model_config)
+        if cfg.init_from:
+            model.load_state_dict(load_weights(cfg.init_from), strict=True)
+        self.ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+        self.ema.model.to(self.run.device)
+        disc = PatchDiscriminator(3, cfg.disc_channels, cfg.disc_layers)
+        self.perceptual = maybe_perceptual(cfg.perceptual_weight, cfg.perceptual_net)
+        if self.perceptual is not None:
+            self.perceptual.to(self.run.device)
+        if cfg.compile:
+            model.compile()
+        opt_g = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr or cfg.lr, betas=cfg.betas)
+        self.model, self.disc, self.opt_g, self.opt_d = acc.prepare(model, disc, opt_g, opt_d)
+        acc.register_for_checkpointing(self.ema)
+        self.entries, _ = training_images(cfg.data)
+        self.heldout = heldout_images(cfg.data)
+        self._eval_batch: Optional[dict[str, torch.Tensor]] = None
+
+    @property
+    def raw_model(self) -> GPSTokenizer:
+        return self.run.accelerator.unwrap_model(self.model)
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        cfg, run = self.cfg, self.run
+        sampler = StepBatchSampler(cfg.batch_size, cfg.data.token_choices(), rank=run.rank, world=run.world,
+                                   start=run.step * cfg.grad_accum, seed=cfg.seed)
+        loader = make_loader(CropDataset(self.entries, cfg.data, cfg.seed), sampler,
+                             num_workers=cfg.data.num_workers, pin_memory=run.device.type == "cuda")
+        for batch in loader:
+            yield _to_device(batch, run.device)
+
+    def _gan_active(self) -> bool:
+        return self.cfg.disc_weight > 0 and self.run.step >= self.cfg.disc_start
+
+    def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns mean losses."""
+        cfg, run, acc = self.cfg, self.run, self.run.accelerator
+        lr = cfg.lr * lr_factor(run.step, cfg.max_steps, cfg.lr_warmup, cfg.lr_schedule)
+        set_lr(self.opt_g, lr)
+        set_lr(self.opt_d, (cfg.disc_lr or cfg.lr) * lr / cfg.lr)
+        gan = self._gan_active()
+        raw_disc = acc.unwrap_model(self.disc)
+        last_layer = self.raw_model.decoder.conv_out.weight
+        stats: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            batch = next(batches)
+            last = micro == cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
+            with sync:
+                with run.autocast():
+                    recon, _ = self.model(batch["image"], batch["g_init"], batch["regions"])
+                recon = recon.float()
+                rec = reconstruction_loss(recon, batch["image"], cfg.l1_weight, cfg.l2_weight)
+                nll = rec
+                terms = {"rec": rec.detach()}
+                if self.perceptual is not None:
+                    p = self.perceptual(recon, batch["image"])
+                    nll = nll + cfg.perceptual_weight * p
+                    terms["perceptual"] = p.detach()
+                loss = nll
+                if gan:
+                    raw_disc.requires_grad_(False)
+                    with run.autocast():
+                        g_loss = hinge_g_loss(raw_disc(recon).float())
+                    w = adaptive_weight(nll, g_loss, last_layer) if cfg.adaptive_disc_weight else torch.ones(())
+                    raw_disc.requires_grad_(True)
+                    loss = loss + cfg.disc_weight * w * g_loss
+                    terms.update(g_loss=g_loss.detach(), adaptive_w=w)
+                acc.backward(loss / cfg.grad_accum)
+            if gan:
+                dsync = contextlib.nullcontext() if last else acc.no_sync(self.disc)
+                with dsync:
+                    with run.autocast():
+                        logits = self.disc(torch.cat([batch["image"], recon.detach()])).float()
+                    real, fake = logits.chunk(2)
+                    d_loss = hinge_d_loss(real, fake)
+                    acc.backward(d_loss / cfg.grad_accum)
+                terms["d_loss"] = d_loss.detach()
+            terms["loss"] = loss.detach()
+            for k, v in terms.items():
+                stats[k] = stats.get(k, 0.0) + float(v) / cfg.grad_accum
+        if cfg.grad_clip > 0:
+            acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt_g.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        if gan:
+            if cfg.grad_clip > 0:
+                acc.clip_grad_norm_(self.disc.parameters(), cfg.grad_clip)
+            self.opt_d.step()
+            self.opt_d.zero_grad(set_to_none=True)
+        self.ema.update(self.raw_model)
+        run.progress.step += 1
+        stats["lr"] = lr
+        return stats
+
+    def eval_batch(self) -> Optional[dict[str, torch.Tensor]]:
+        """The fixed held-out crops (built once), or None without held-out images."""
+        if self._eval_batch is None and self.heldout:
+            n = self.cfg.eval_n_tokens or self.cfg.data.token_choices()[-1]
+            ds = EvalDataset(self.heldout, self.cfg.data, n)
+            items = [ds[i] for i in range(len(ds))]
+            self._eval_batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        return self._eval_batch
+
+    @torch.no_grad()
+    def evaluate(self, save_samples: bool) -> dict[str, float]:
+        """PSNR / SSIM / L1 of the EMA model on the held-out crops (main process); optionally
+        saves ``samples/step_N.png`` (originals above, reconstructions below)."""
+        batch = self.eval_batch()
+        if batch is None:
+            return {}
+        dev = self.run.device
+        recons = []
+        for i in range(0, len(batch["image"]), max(1, self.cfg.batch_size)):
+            part = {k: v[i:i + self.cfg.batch_size].to(dev) for k, v in batch.items()}
+            with self.run.autocast():
+                recons.append(self.ema.model(part["image"], part["g_init"], part["regions"])[0].float().cpu())
+        recon, images = torch.cat(recons), batch["image"]
+        metrics = {"eval_psnr": psnr(recon, images).mean().item(), "eval_ssim": ssim(recon, images).mean().item(),
+                   "eval_l1": (recon - images).abs().mean().item()}
+        if save_samples:
+            k = min(self.cfg.sample_count, len(images))
+            save_grid([images[:k], recon[:k]], self.run.out / "samples" / f"step_{self.run.step:07d}.png")
+        return metrics
+
+    def export(self) -> Path:
+        """EMA weights to ``export/tokenizer.safetensors`` (config and step in the metadata)."""
+        path = self.run.out / "export" / "tokenizer.safetensors"
+        if self.run.is_main:
+            export_tokenizer(self.ema.model, self.model_config, path, dtype=self.cfg.export_dtype,
+                             extra_metadata={"train_step": self.run.step, "ema_decay": self.cfg.ema_decay,
+                                             "init": self.cfg.data.init})
+        self.run.accelerator.wait_for_everyone()
+        return path
+
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        """Train until ``max_steps`` or ``max_minutes``; checkpoint and export at the end."""
+        cfg, run = self.cfg, self.run
+        if resume:
+            run.resume()
+        batches = self._batches()
+        run.start_bar()
+        stats: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
+        try:
+            while run.step < cfg.max_steps:
+                stats = self.train_step(batches)
+                run.tick({"loss": stats["loss"]})
+                if run.every(cfg.log_every):
+                    run.log_metrics(run.mean_over_processes(stats))
+                want_eval, want_samples = run.every(cfg.eval_every), run.every(cfg.sample_every)
+                if (want_eval or want_samples) and run.is_main:
+                    last_eval = self.evaluate(want_samples)
+                    if want_eval and last_eval:
+                        run.log_metrics(last_eval)
+                if run.every(cfg.save_every) and run.step < cfg.max_steps:
+                    run.save()
+                if run.out_of_time():
+                    run.log_text(f"time budget of {cfg.max_minutes} min reached at step {run.step}")
+                    break
+        finally:
+            run.close_bar()
+        run.save()
+        if run.is_main:
+            last_eval = self.evaluate(True)
+            run.log_metrics({"final": True, **last_eval})
+        path = self.export()
+        return {"step": run.step, "export": str(path), "train": stats, "eval": last_eval}
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig, out: str | os.PathLike, *, resume: bool = False) -> dict[str, Any]:
+    """Train a tokenizer into ``out`` (see :class:`TokenizerTrainer`); returns a summary dict
+    with the final step, the export path and the last train / eval metrics."""
+    return TokenizerTrainer(cfg, out).train(resume=resume)
