@@ -47,7 +47,7 @@ def decode(tokens: GPSTokens, *, model: Optional[str | Tokenizer] = None, device
     if not isinstance(tokens, GPSTokens):
         raise TypeError(f"tokens: expected gpstoken.GPSTokens (from encode or GPSTokens.load), got {type(tokens).__name__}")
     tok = _tokenizer(model if model is not None else tokens.model, device)
-    return _images.from_tensor(tok.decode_tensor(tokens), tokens.source)
+    return _images.from_tensor(tok.decode_tensor(tokens), tokens.output_kind)
 
 
 def reconstruct(image: ImageLike, n_tokens: Optional[int] = None, **kw) -> ImageLike:

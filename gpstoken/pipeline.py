@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -21,10 +22,12 @@ from .models.configs import SiTConfig, TokenizerConfig
 from .models.sit import SiT
 from .models.tokenizer import GPSTokenizer
 from .partition import partition
-from .sampling import sample
+from .sampling import cfg_velocity, sample
 from .tokens import GPSTokens
 
 N_GEOMETRY = 5
+#: user-facing sampler names -> gpstoken.sampling methods
+SAMPLERS = {"sde": "sde", "ode": "heun", "euler": "euler", "heun": "heun", "dopri5": "dopri5"}
 SIGMA_RANGE = (1e-5, 1 - 1e-5)
 RHO_LIMIT = 0.99999
 
@@ -177,7 +180,7 @@ class Generator:
             noise = torch.randn(n, N_GEOMETRY, self.n_tokens, 1, generator=generator, device=self.device)
             y = torch.full((n,), class_id, device=self.device, dtype=torch.long)
             with torch.inference_mode():
-                g = sample(lambda x, t: self.layout_model(x, t, y), noise, method="ode-heun", steps=steps,
+                g = sample(lambda x, t: self.layout_model(x, t, y), noise, method="heun", steps=steps,
                            progress=progress)
             g = g[..., 0].transpose(1, 2) * std + mean  # [n, N, 5]
             return calibrate(_layout_from_geometry(g))
@@ -205,23 +208,20 @@ class Generator:
         channels = self.texture.config.in_channels
         noise = torch.randn(n, channels, self.n_tokens, 1, generator=gen, device=self.device)
         y = torch.full((n,), class_id, device=self.device, dtype=torch.long)
-        null = torch.full((n,), self.num_classes, device=self.device, dtype=torch.long)
-        lo, hi = guidance_interval
-
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if cfg_scale == 1.0 or not (lo <= float(t[0]) <= hi):
-                return self.texture(x, t, y, g_init)
-            out = self.texture(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]),
-                               torch.cat([g_init, g_init]))
-            cond, uncond = out.chunk(2)
-            return uncond + cfg_scale * (cond - uncond)
-
-        method = {"sde": "sde", "ode": "ode-heun", "euler": "ode-euler", "heun": "ode-heun",
-                  "dopri5": "ode-dopri5"}.get(sampler)
+        if cfg_scale == 1.0:
+            velocity = functools.partial(_texture_velocity, self.texture, y=y, cond=g_init)
+        else:
+            null = torch.full_like(y, self.num_classes)
+            noise = torch.cat([noise, noise])
+            velocity = cfg_velocity(
+                functools.partial(_texture_velocity, self.texture, y=torch.cat([y, null]),
+                                  cond=torch.cat([g_init, g_init])),
+                cfg_scale, interval=guidance_interval)
+        method = SAMPLERS.get(sampler)
         if method is None:
-            raise ValueError(f"sampler: expected 'sde', 'ode', 'euler', 'heun' or 'dopri5', got {sampler!r}")
+            raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
         with torch.inference_mode():
-            x = sample(velocity, noise, method=method, steps=steps, generator=gen, progress=progress)
+            x = sample(velocity, noise, method=method, steps=steps, generator=gen, progress=progress)[:n]
         tokens = x[..., 0].transpose(1, 2) * self.latent_std + self.latent_mean  # [n, N, 5+C]
         geometry = tokens[..., :N_GEOMETRY] + g_init
         geometry = torch.cat([
@@ -233,6 +233,11 @@ class Generator:
                         self.tokenizer.name)
         images = to_pil(self.tokenizer.decode_tensor(gps))
         return GenerationResult(images, gps)
+
+
+def _texture_velocity(model: SiT, x: torch.Tensor, t: torch.Tensor, *, y: torch.Tensor,
+                      cond: torch.Tensor) -> torch.Tensor:
+    return model(x, t, y, cond)
 
 
 def _layout_from_geometry(g: torch.Tensor) -> Layout:
@@ -259,51 +264,78 @@ def _broadcast_layout(layout: Layout, n: int, n_tokens: int) -> Layout:
                   layout.image_size, layout.grid)
 
 
+def _checkpoint(name_or_path: str, kind: str) -> tuple[dict, dict, "hub.ResolvedCheckpoint"]:
+    resolved = hub.resolve(name_or_path, kind)
+    state, _ = hub.load_safetensors(resolved.path)
+    if resolved.config is None:
+        raise hub.CheckpointFormatError(
+            f"{resolved.path}: no model config found (neither gpstoken metadata in the file nor a config.json "
+            f"beside it); save it with gpstoken.hub.save_checkpoint or put the config.json next to it"
+        )
+    return state, resolved.config, resolved
+
+
+def _model_id(name_or_path: str, resolved: "hub.ResolvedCheckpoint") -> str:
+    return resolved.spec.name if resolved.spec is not None else str(name_or_path)
+
+
+def _build(cls, config, state: dict, name: str):
+    with torch.device("meta"):
+        model = cls(config)
+    hub.check_state_dict(model.state_dict(), state, name=name)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    return model
+
+
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer_cached(name_or_path: str, device: torch.device, dtype: torch.dtype) -> Tokenizer:
-    resolved = hub.resolve(name_or_path, "tokenizer")
-    state, meta = hub.load_safetensors(resolved.path)
-    config = TokenizerConfig.from_dict(resolved.config or hub.config_from_metadata(meta, resolved.path))
-    with torch.device("meta"):
-        model = GPSTokenizer(config)
-    hub.check_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, resolved.path)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-    return Tokenizer(model, hub.model_id(name_or_path, resolved), device, dtype)
+    state, config, resolved = _checkpoint(name_or_path, "tokenizer")
+    model = _build(GPSTokenizer, TokenizerConfig.from_dict(config), state, str(resolved.path))
+    return Tokenizer(model, _model_id(name_or_path, resolved), device, dtype)
 
 
 def load_tokenizer(name_or_path: str = "default", *, device=None, dtype=None) -> Tokenizer:
     """Load a tokenizer by registry name ("default", "gpstoken-m128", ...), Hub repo id
-    (``owner/repo[@revision][:filename]``) or local ``.safetensors`` file/folder. Cached."""
+    (``owner/repo[@revision][:filename]``) or local ``.safetensors`` file/folder. Cached.
+
+    device: default CUDA when available; dtype: float32 (default), or float16/bfloat16 on CUDA.
+    """
     dev = _device(device)
     return _load_tokenizer_cached(str(name_or_path), dev, _dtype(dtype, dev))
 
 
-def _sit_from_state(prefix: str, config: dict, state: dict, path) -> SiT:
-    cfg = SiTConfig.from_dict(config)
-    sub = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
-    with torch.device("meta"):
-        model = SiT(cfg)
-    hub.check_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, sub, path)
-    model.load_state_dict(sub, strict=True, assign=True)
-    return model
+def _sit(state: dict, prefix: str, config: dict, name: str) -> SiT:
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise hub.CheckpointFormatError(f"{name}: no weights with the key prefix {prefix!r}")
+    return _build(SiT, SiTConfig.from_dict(config), sub, f"{name} [{prefix}*]")
 
 
 @functools.lru_cache(maxsize=2)
 def _load_generator_cached(name_or_path: str, device: torch.device, dtype: torch.dtype) -> Generator:
-    resolved = hub.resolve(name_or_path, "generator")
-    state, meta = hub.load_safetensors(resolved.path)
-    info = resolved.config or hub.config_from_metadata(meta, resolved.path)
-    texture = _sit_from_state("ema_model.", info["config"], state, resolved.path)
+    """Generator checkpoints hold the texture SiT under ``ema_model.`` (official format) and
+    optionally a layout SiT under ``layout_model.`` and a layout bank under ``layout_bank.``.
+    Their config: ``{"texture": SiT config, "latent_mean": [5+C], "latent_std": [5+C],
+    "tokenizer": name, optional "layout", "layout_mean", "layout_std", "class_names"}``;
+    registry entries of official checkpoints give the SiT architecture plus these extras."""
+    state, config, resolved = _checkpoint(name_or_path, "generator")
+    if resolved.spec is not None and resolved.spec.arch is not None:
+        config = {"texture": config, **resolved.spec.extra}
+    name = str(resolved.path)
+    texture = _sit(state, "ema_model.", config["texture"], name)
     layout_model = layout_stats = None
-    if "layout_config" in info:
-        layout_model = _sit_from_state("layout_model.", info["layout_config"], state, resolved.path)
-        layout_stats = (torch.tensor(info["layout_mean"]), torch.tensor(info["layout_std"]))
-    bank = LayoutBank.from_state_dict(state, prefix="layout_bank.") if any(
-        k.startswith("layout_bank.") for k in state) else None
-    tokenizer = load_tokenizer(info["tokenizer"], device=device, dtype=dtype)
-    return Generator(texture, tokenizer, torch.tensor(info["latent_mean"]), torch.tensor(info["latent_std"]),
-                     name=hub.model_id(name_or_path, resolved), layout_model=layout_model, layout_bank=bank,
-                     layout_stats=layout_stats, class_names=info.get("class_names"))
+    if "layout" in config:
+        layout_model = _sit(state, "layout_model.", config["layout"], name)
+        layout_stats = (torch.tensor(config["layout_mean"]), torch.tensor(config["layout_std"]))
+    has_bank = any(k.startswith("layout_bank.") for k in state)
+    bank = LayoutBank.from_state_dict(state, prefix="layout_bank.") if has_bank else None
+    tokenizer_ref = config["tokenizer"]
+    if tokenizer_ref.endswith(".safetensors") and not Path(tokenizer_ref).is_absolute():
+        tokenizer_ref = str(resolved.path.parent / tokenizer_ref)
+    tokenizer = load_tokenizer(tokenizer_ref, device=device, dtype=dtype)
+    return Generator(texture, tokenizer, torch.tensor(config["latent_mean"]), torch.tensor(config["latent_std"]),
+                     name=_model_id(name_or_path, resolved), layout_model=layout_model, layout_bank=bank,
+                     layout_stats=layout_stats, class_names=config.get("class_names"))
 
 
 def load_generator(name_or_path: str = "default", *, device=None, dtype=None) -> Generator:

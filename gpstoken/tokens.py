@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .images import ImageKind
 from .layout import Layout, draw_gaussians
 
 FORMAT = "gpst"
@@ -43,6 +44,8 @@ class GPSTokens:
         image_size: ``(H, W)`` of the original image (equals ``layout.image_size``).
         layout: the :class:`~gpstoken.layout.Layout` the tokens were encoded from.
         model: id of the tokenizer that produced them (registry name or path).
+        source: the kind of image that was encoded (``decode`` returns that kind); None for
+            tokens without one (e.g. loaded from a file): they decode to PIL images.
     """
 
     geometry: torch.Tensor
@@ -50,6 +53,7 @@ class GPSTokens:
     image_size: tuple[int, int]
     layout: Layout
     model: str
+    source: ImageKind | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, Layout):
@@ -120,8 +124,17 @@ class GPSTokens:
 
     def to(self, device: torch.device | str) -> "GPSTokens":
         """A copy with every tensor (layout included) on ``device``."""
-        return GPSTokens(self.geometry.to(device), self.features.to(device), self.image_size,
-                         self.layout.to(device), self.model)
+        return replace(self, geometry=self.geometry.to(device), features=self.features.to(device),
+                       layout=self.layout.to(device))
+
+    def with_source(self, source: ImageKind) -> "GPSTokens":
+        """A copy that remembers the kind of image it was encoded from."""
+        return replace(self, source=source)
+
+    @property
+    def output_kind(self) -> ImageKind:
+        """What :func:`gpstoken.decode` returns: the encoded kind, else PIL (a list for B > 1)."""
+        return self.source if self.source is not None else ImageKind("pil", self.batch_size > 1)
 
     def as_array(self) -> torch.Tensor:
         """Tokens in the official layout ``[B,N,5+C]``: geometry then features (float32)."""
