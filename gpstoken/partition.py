@@ -1,0 +1,442 @@
+"""Entropy-driven adaptive partition (algorithms.md section 1), exact official semantics.
+
+Each 256x256 patch is split greedily into ``n_tokens`` rectangular cells. The complexity of a
+cell is ``E ** weight * h * w + sum(bias over the cell)`` where ``E`` is the entropy of the
+gradient-magnitude histogram of the cell resized to 64x64.
+
+Fast path, equivalent to the official list-and-stable-sort loop:
+
+* the official order (stable sort by complexity, children appended at the end) is the order
+  of ``(-complexity, insertion number)``, so the pick is the top of a heap of splittable cells;
+* the final order is every cell present before the last pick, sorted by that key, minus the
+  last pick, followed by its two halves;
+* complexities depend only on the cell, so they are computed in batches: every round, the
+  children of the cells that can still be picked (the top ``remaining`` of each heap) are
+  computed together, for all patches of all images, grouped by cell size.
+
+Bit parity with the official pipeline (checked against the fixtures): the bilinear resize is
+two float32 ``fma(x1 - x0, t, x0)`` passes (columns first); Sobel, magnitude and binning in
+float64 (:mod:`gpstoken.kernels.entropy_hist`); numpy's pairwise summation of the entropy
+terms; libm ``log2`` and ``pow``. The float32 fma is evaluated in float64 and rounded once
+more; that is exact unless a cell mixes values whose exponents differ by more than ~24
+(impossible for images that come from 8-bit data).
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpstoken.images import PATCH, fold_patches, pad_to_patches, to_tensor
+from gpstoken.kernels.entropy_hist import gradient_hist
+
+RESIZE = 64
+MAX_ENTROPY = 9.0  # log2(512): the largest possible histogram entropy
+BIAS_QUANTUM = 2.0**-24  # bias maps are rounded to this grid so cell sums are exact
+MAX_ABS_BIAS = 2.0**12  # per pixel, keeps every cell sum exact in float64
+_CHUNK = 128  # cells per histogram call (keeps temporaries in cache)
+
+Cell = tuple[int, int, int, int]  # internal: (y0, x0, h, w)
+
+
+# --------------------------------------------------------------------------- complexity
+@lru_cache(maxsize=None)
+def _resize_coefficients(size: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OpenCV INTER_LINEAR taps for ``size -> 64``: first index, second index, float64 weight."""
+    scale = 1.0 / (RESIZE / size)
+    i0, i1, wt = [], [], []
+    for d in range(RESIZE):
+        f = float(np.float32((d + 0.5) * scale - 0.5))
+        s = math.floor(f)
+        f = float(np.float32(f - s))
+        if s < 0:
+            s, f = 0, 0.0
+        if s >= size - 1:
+            s, f = size - 1, 0.0
+        i0.append(s)
+        i1.append(min(s + 1, size - 1))
+        wt.append(f)
+    return (torch.tensor(i0, device=device), torch.tensor(i1, device=device),
+            torch.tensor(wt, dtype=torch.float64, device=device))
+
+
+def _lerp32(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """float32 ``fma(b - a, t, a)`` evaluated in float64 (``t`` float64, broadcastable)."""
+    return torch.addcmul(a.double(), (b - a).double(), t).float()
+
+
+def _resize(blocks: torch.Tensor) -> torch.Tensor:
+    """``[K,h,w]`` float32 -> ``[K,64,64]`` float32, the official bilinear resize."""
+    _, h, w = blocks.shape
+    dev = str(blocks.device)
+    i0, i1, a = _resize_coefficients(w, dev)
+    t = _lerp32(blocks[:, :, i0], blocks[:, :, i1], a)
+    j0, j1, b = _resize_coefficients(h, dev)
+    return _lerp32(t[:, j0], t[:, j1], b[:, None])
+
+
+def _entropy(counts: torch.Tensor) -> list[float]:
+    """Entropy (bits) per row of ``[K,256]`` upper-bin counts, exactly as numpy computes it.
+
+    ``p = hist / (hist.sum() + 1e-5)``; ``E = -np.sum(p * log2(p + 1e-10))`` with libm log2 and
+    numpy's pairwise summation over the 512 bins (the 256 lower bins are empty: their terms
+    are -0.0 and leave the sum unchanged).
+    """
+    counts = counts.cpu().to(torch.int64)
+    total = counts.sum(1, keepdim=True)
+    p = counts.double() / (total.double() + 1e-5)
+    uniq, inv = torch.unique(p, return_inverse=True)
+    logs = torch.tensor([math.log2(v + 1e-10) for v in uniq.tolist()], dtype=torch.float64)
+    terms = p * logs[inv]
+    # numpy pairwise sum: blocks of 128 with 8 running accumulators, blocks added as a tree.
+    r = terms.view(-1, 2, 16, 8)
+    acc = r[:, :, 0]
+    for i in range(1, 16):
+        acc = acc + r[:, :, i]
+    blk = ((acc[..., 0] + acc[..., 1]) + (acc[..., 2] + acc[..., 3])) + (
+        (acc[..., 4] + acc[..., 5]) + (acc[..., 6] + acc[..., 7]))
+    return (-(blk[:, 0] + blk[:, 1])).tolist()
+
+
+class _Evaluator:
+    """Computes and caches complexities of cells for a stack of grey patches."""
+
+    def __init__(self, grey: torch.Tensor, weight: float, bias: torch.Tensor | None):
+        # grey: float32 [P,H,W]; bias: float64 [P,H,W] (already quantized) or None
+        self.v = (grey + 1.0) / 2.0
+        self.weight = weight
+        self.cache: list[dict[Cell, float]] = [{} for _ in range(grey.shape[0])]
+        self.integral = None
+        if bias is not None:
+            ii = torch.zeros(bias.shape[0], bias.shape[1] + 1, bias.shape[2] + 1, dtype=torch.float64)
+            ii[:, 1:, 1:] = bias.cpu().cumsum(1).cumsum(2)
+            self.integral = ii.numpy()
+
+    def compute(self, requests: list[tuple[int, Cell]]) -> None:
+        """Fill the cache for ``(patch, cell)`` requests (duplicates allowed)."""
+        groups: dict[tuple[int, int], list[tuple[int, Cell]]] = {}
+        for pc in requests:
+            if pc[1] not in self.cache[pc[0]]:
+                groups.setdefault(pc[1][2:], []).append(pc)
+        for (h, w), items in groups.items():
+            items = list(dict.fromkeys(items))
+            pi = torch.tensor([p for p, _ in items], device=self.v.device)
+            ys = torch.tensor([c[0] for _, c in items], device=self.v.device)
+            xs = torch.tensor([c[1] for _, c in items], device=self.v.device)
+            counts = []
+            for s in range(0, len(items), _CHUNK):
+                sl = slice(s, s + _CHUNK)
+                rows = ys[sl, None] + torch.arange(h, device=self.v.device)
+                cols = xs[sl, None] + torch.arange(w, device=self.v.device)
+                blocks = self.v[pi[sl, None, None], rows[:, :, None], cols[:, None, :]]
+                counts.append(gradient_hist(_resize(blocks)))
+            ent = _entropy(torch.cat(counts))
+            for (p, cell), e in zip(items, ent):
+                c = math.pow(e, self.weight) * h * w
+                if self.integral is not None:
+                    y0, x0 = cell[0], cell[1]
+                    ii = self.integral[p]
+                    c = c + float((ii[y0 + h, x0 + w] - ii[y0, x0 + w]) - (ii[y0 + h, x0] - ii[y0, x0]))
+                self.cache[p][cell] = c
+
+
+# --------------------------------------------------------------------------- greedy loop
+def _splittable(cell: Cell, min_size: int) -> bool:
+    return cell[2] - 1 > min_size or cell[3] - 1 > min_size
+
+
+def _halves(cell: Cell) -> tuple[tuple[Cell, Cell], tuple[Cell, Cell] | None]:
+    """Children of a cell: (column split, row split) for squares, else (the split, None)."""
+    y0, x0, h, w = cell
+    lr = ((y0, x0, h, w // 2), (y0, x0 + w // 2, h, w - w // 2))
+    tb = ((y0, x0, h // 2, w), (y0 + h // 2, x0, h - h // 2, w))
+    if w > h:
+        return lr, None
+    if w < h:
+        return tb, None
+    return lr, tb
+
+
+def _children(cell: Cell) -> list[Cell]:
+    first, second = _halves(cell)
+    return list(first) + (list(second) if second else [])
+
+
+@lru_cache(maxsize=None)
+def max_cells(height: int, width: int, min_size: int = 8) -> int:
+    """Number of cells reached when every splittable cell is split (1024 for 256 / 8)."""
+    cell = (0, 0, height, width)
+    if not _splittable(cell, min_size):
+        return 1
+    (a, b), _ = _halves(cell)
+    return max_cells(a[2], a[3], min_size) + max_cells(b[2], b[3], min_size)
+
+
+class _PatchState:
+    def __init__(self, patch: int, height: int, width: int, n: int):
+        self.patch = patch
+        self.n = n
+        self.seq = 0
+        self.root = (0, 0, height, width)
+        self.heap: list[tuple[float, int, Cell]] = []  # splittable cells
+        self.leaves: list[tuple[float, int, Cell]] = []  # cells that can never be split
+        self.count = 1
+        self.last: list[tuple[float, int, Cell]] | None = None  # children of the last pick
+
+    def add(self, cell: Cell, c: float, min_size: int) -> tuple[float, int, Cell]:
+        item = (-c, self.seq, cell)
+        self.seq += 1
+        if _splittable(cell, min_size):
+            heapq.heappush(self.heap, item)
+        else:
+            self.leaves.append(item)
+        return item
+
+    @property
+    def done(self) -> bool:
+        return self.count >= self.n
+
+    def result(self) -> list[Cell]:
+        if self.last is None:
+            return [self.root]
+        kids = self.last
+        kid_set = {k[1] for k in kids}
+        rest = sorted(i for i in self.heap + self.leaves if i[1] not in kid_set)
+        return [i[2] for i in rest] + [k[2] for k in kids]
+
+
+def _run_greedy(ev: _Evaluator, states: list[_PatchState], min_size: int) -> None:
+    ev.compute([(s.patch, s.root) for s in states])
+    for s in states:
+        s.add(s.root, ev.cache[s.patch][s.root], min_size)
+    active = [s for s in states if not s.done]
+    while active:
+        # Speculate: children of every cell that may still be picked.
+        req = []
+        for s in active:
+            for _, _, cell in heapq.nsmallest(s.n - s.count, s.heap):
+                req.extend((s.patch, k) for k in _children(cell))
+        ev.compute(req)
+        for s in active:
+            cache = ev.cache[s.patch]
+            while not s.done:
+                if not s.heap:
+                    raise AssertionError("no splittable cell; n_tokens was validated against max_cells")
+                cell = s.heap[0][2]
+                first, second = _halves(cell)
+                if any(k not in cache for k in first + (second or ())):
+                    break
+                heapq.heappop(s.heap)
+                if second is not None and not (
+                    min(cache[first[0]], cache[first[1]]) < min(cache[second[0]], cache[second[1]])
+                ):
+                    first = second
+                kids = [s.add(k, cache[k], min_size) for k in first]
+                s.count += 1
+                s.last = kids
+        active = [s for s in active if not s.done]
+
+
+# --------------------------------------------------------------------------- validation
+def _check_common(n_tokens: Any, weight: Any, min_size: Any) -> tuple[int, float, int]:
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)):
+        raise TypeError(f"n_tokens: expected an int >= 1 (tokens per 256x256 patch), got {type(n_tokens).__name__}")
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens: must be >= 1 (tokens per 256x256 patch), got {n_tokens}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.floating, np.integer)):
+        raise TypeError(f"weight: expected a positive float (entropy exponent, official 2.5), got {type(weight).__name__}")
+    if not math.isfinite(weight) or weight <= 0:
+        raise ValueError(f"weight: must be a finite float > 0 (entropy exponent, official 2.5), got {weight}")
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)):
+        raise TypeError(f"min_size: expected an int >= 1 (official 8), got {type(min_size).__name__}")
+    if min_size < 1:
+        raise ValueError(f"min_size: must be an int >= 1 (official 8), got {min_size}")
+    return int(n_tokens), float(weight), int(min_size)
+
+
+def _check_reachable(n_tokens: int, height: int, width: int, min_size: int) -> None:
+    top = max_cells(height, width, min_size)
+    if n_tokens > top:
+        raise ValueError(
+            f"n_tokens: a {height}x{width} patch can be split into at most {top} cells with "
+            f"min_size={min_size}, got n_tokens={n_tokens}; use n_tokens <= {top}"
+        )
+
+
+def _quantize_bias(bias: torch.Tensor, name: str) -> torch.Tensor:
+    bias = bias.double()
+    if not torch.isfinite(bias).all():
+        raise ValueError(f"{name}: contains NaN or Inf values")
+    if bias.abs().max() > MAX_ABS_BIAS:
+        raise ValueError(f"{name}: per-pixel values must lie in [-{MAX_ABS_BIAS:g}, {MAX_ABS_BIAS:g}]")
+    return torch.round(bias / BIAS_QUANTUM) * BIAS_QUANTUM
+
+
+# --------------------------------------------------------------------------- public API
+def grey_of(images: torch.Tensor) -> torch.Tensor:
+    """``[B,3,H,W]`` RGB in [-1,1] -> float32 ``[B,H,W]`` grey ``0.299 R + 0.587 G + 0.114 B``."""
+    x = images.float()
+    return 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+
+
+def partition_patch(grey: np.ndarray | torch.Tensor, n_tokens: int, *, weight: float = 2.5,
+                    min_size: int = 8, bias: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """Official greedy partition of one grey patch.
+
+    Args:
+        grey: float32 ``[H,W]`` grey values in [-1,1] (``0.299 R + 0.587 G + 0.114 B`` of the
+            [-1,1] image, computed in float32). Official patches are 256x256.
+        n_tokens: number of cells, ``1 <= n_tokens <= max_cells(H, W, min_size)`` (1024 for
+            a 256 patch with ``min_size=8``).
+        weight: entropy exponent lambda (official 2.5).
+        min_size: a cell with ``h - 1 <= min_size`` and ``w - 1 <= min_size`` is never split.
+        bias: optional float ``[H,W]`` per-pixel bias added to the complexity as its sum over
+            the cell; rounded to multiples of ``2**-24``, values within ``[-4096, 4096]``.
+
+    Returns:
+        int64 ``[n_tokens, 4]`` cells ``(x0, y0, x1, y1)`` (inclusive pixel indices, x =
+        column), in the official output order.
+    """
+    n_tokens, weight, min_size = _check_common(n_tokens, weight, min_size)
+    g = torch.as_tensor(grey)
+    if g.ndim != 2 or not g.is_floating_point():
+        raise ValueError(f"grey: expected a float [H,W] array, got shape {tuple(g.shape)} dtype {g.dtype}")
+    g = g.float()
+    b = None
+    if bias is not None:
+        b = torch.as_tensor(bias)
+        if tuple(b.shape) != tuple(g.shape):
+            raise ValueError(f"bias: expected shape {tuple(g.shape)} like grey, got {tuple(b.shape)}")
+        b = _quantize_bias(b, "bias")[None]
+    return _partition_stack(g[None], n_tokens, weight, min_size, b)[0]
+
+
+def _partition_stack(grey: torch.Tensor, n: int, weight: float, min_size: int,
+                     bias: torch.Tensor | None) -> list[np.ndarray]:
+    """Partition every ``[H,W]`` patch of ``grey [P,H,W]`` -> list of int64 ``[n,4]`` cells."""
+    p, h, w = grey.shape
+    _check_reachable(n, h, w, min_size)
+    ev = _Evaluator(grey, weight, bias)
+    states = [_PatchState(i, h, w, n) for i in range(p)]
+    _run_greedy(ev, states, min_size)
+    out = []
+    for s in states:
+        cells = np.array(s.result(), dtype=np.int64).reshape(-1, 4)
+        y0, x0, hh, ww = cells.T
+        out.append(np.stack([x0, y0, x0 + ww - 1, y0 + hh - 1], axis=1))
+    return out
+
+
+def cells_to_arrays(cells: np.ndarray, H: int = 256, W: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive pixel cells ``[n,4]`` (x0,y0,x1,y1) -> ``(geometry, regions)`` float32.
+
+    ``geometry [n,5]``: ``[(x1-x0)/W*2/3, (y1-y0)/H*2/3, 0, ((x0+x1)/2/(W-1)-0.5)*2,
+    ((y0+y1)/2/(H-1)-0.5)*2]``; ``regions [n,4]``: each pixel index ``p`` mapped to
+    ``(p/(S-1)-0.5)*2``. Computed in float64, then cast to float32.
+    """
+    c = np.asarray(cells, dtype=np.float64).reshape(-1, 4)
+    x0, y0, x1, y1 = c.T
+    geometry = np.stack([
+        (x1 - x0) / W * 2 / 3,
+        (y1 - y0) / H * 2 / 3,
+        np.zeros_like(x0),
+        ((x0 + x1) / 2 / (W - 1) - 0.5) * 2,
+        ((y0 + y1) / 2 / (H - 1) - 0.5) * 2,
+    ], axis=1)
+    regions = np.stack([
+        (x0 / (W - 1) - 0.5) * 2,
+        (y0 / (H - 1) - 0.5) * 2,
+        (x1 / (W - 1) - 0.5) * 2,
+        (y1 / (H - 1) - 0.5) * 2,
+    ], axis=1)
+    return geometry.astype(np.float32), regions.astype(np.float32)
+
+
+def priority_bias(priority: Any, height: int, width: int, weight: float = 2.5,
+                  strength: float = 1.0) -> torch.Tensor:
+    """Per-pixel bias map float64 ``[height, width]`` from a priority mask or boxes.
+
+    ``priority`` is an ``[H,W]`` mask (bool, or float weights in [0, 1]) or a sequence of
+    pixel boxes ``(x0, y0, x1, y1)`` (inclusive, clipped to the image). A pixel of weight
+    ``a`` gets ``a * strength * 9 ** weight``: ``9 ** weight`` is the largest entropy term
+    per pixel (entropy <= log2(512) = 9), so a fully prioritised cell outranks any cell of
+    the same size outside the priority region and is split first.
+    """
+    scale = strength * MAX_ENTROPY**weight
+    if isinstance(priority, (np.ndarray, torch.Tensor)):
+        m = torch.as_tensor(priority)
+        if tuple(m.shape) != (height, width):
+            raise ValueError(f"priority: mask must have the image's shape {(height, width)}, got {tuple(m.shape)}")
+        m = m.double()
+        if not torch.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+            raise ValueError("priority: mask values must be bool or floats in [0, 1]")
+        return m.cpu() * scale
+    if isinstance(priority, Sequence) and not isinstance(priority, (str, bytes)):
+        m = torch.zeros(height, width, dtype=torch.float64)
+        for i, box in enumerate(priority):
+            if not isinstance(box, Sequence) or len(box) != 4 or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in box
+            ):
+                raise ValueError(f"priority[{i}]: a box must be 4 ints (x0, y0, x1, y1) in pixels, got {box!r}")
+            x0, y0, x1, y1 = (int(v) for v in box)
+            if x1 < x0 or y1 < y0:
+                raise ValueError(f"priority[{i}]: box needs x0 <= x1 and y0 <= y1, got {box!r}")
+            m[max(y0, 0):max(y1 + 1, 0), max(x0, 0):max(x1 + 1, 0)] = scale
+        return m
+    raise TypeError(
+        f"priority: expected an [H,W] mask (numpy/torch, bool or float in [0,1]) or a list of "
+        f"(x0, y0, x1, y1) boxes, got {type(priority).__name__}"
+    )
+
+
+def partition(image: Any, n_tokens: int, *, priority: Any = None, weight: float = 2.5,
+              min_size: int = 8):
+    """Entropy-driven adaptive layout of one image or a batch.
+
+    Args:
+        image: any image kind accepted by :func:`gpstoken.images.to_tensor` (PIL, numpy
+            ``[H,W,3]``, tensor ``[3,H,W]``/``[B,3,H,W]`` in [-1,1], or a list).
+        n_tokens: tokens **per 256x256 patch** (official ``gps_num``), 1..1024 with
+            ``min_size=8``; more raises ``ValueError`` (never duplicated cells).
+        priority: optional ``[H,W]`` mask (bool or [0,1] floats) or list of pixel boxes
+            ``(x0,y0,x1,y1)``; these pixels get more tokens (see :func:`priority_bias`). The
+            same priority applies to every image of a batch.
+        weight: entropy exponent (official 2.5). min_size: official 8.
+
+    Sizes that are not multiples of 256 are padded at the bottom/right with flat grey (0) to
+    ``256k x 256m`` (see :func:`gpstoken.images.pad_to_patches`); every patch, padding
+    included, gets ``n_tokens`` cells. Flat padding has (almost) zero entropy, so its cells
+    stay large; ``image_size`` records the original size.
+
+    Returns:
+        ``Layout`` with ``geometry [B, k*m*n_tokens, 5]`` and ``regions [B, k*m*n_tokens, 4]``
+        float32, patch-major (patches row-major), each patch in its own [-1,1] frame, rows
+        in official order; ``image_size = (H, W)``; ``grid = (k, m)``.
+    """
+    from gpstoken.layout import Layout
+
+    n_tokens, weight, min_size = _check_common(n_tokens, weight, min_size)
+    _check_reachable(n_tokens, PATCH, PATCH, min_size)
+    x, _ = to_tensor(image)
+    bsz, _, h, w = x.shape
+    bias = None
+    if priority is not None:
+        b = priority_bias(priority, h, w, weight)
+        b = torch.nn.functional.pad(b, (0, (-w) % PATCH, 0, (-h) % PATCH))
+        b = _quantize_bias(b, "priority")
+    xp, grid = pad_to_patches(x)
+    patches = fold_patches(xp, grid)  # [B*k*m, 3, 256, 256]
+    grey = grey_of(patches)
+    if bias is not None:
+        bias = fold_patches(bias[None, None], grid)[:, 0].repeat(bsz, 1, 1)
+    cells = _partition_stack(grey, n_tokens, weight, min_size, bias)
+    arrays = [cells_to_arrays(c, PATCH, PATCH) for c in cells]
+    per_img = grid[0] * grid[1] * n_tokens
+    geometry = torch.from_numpy(np.concatenate([g for g, _ in arrays])).view(bsz, per_img, 5)
+    regions = torch.from_numpy(np.concatenate([r for _, r in arrays])).view(bsz, per_img, 4)
+    return Layout(geometry=geometry, regions=regions, image_size=(h, w), grid=grid)
