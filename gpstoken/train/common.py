@@ -121,6 +121,19 @@ class _Progress:
         self.step = int(state["step"])
 
 
+class _Seeded:
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self.fork = torch.random.fork_rng(devices=[])
+        self.fork.__enter__()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fork.__exit__(*exc)
+
+
 class Run:
     """One training run in ``out``: the accelerator, checkpoints, JSONL metrics and the budget.
 
@@ -166,6 +179,12 @@ class Run:
     @property
     def step(self) -> int:
         return self.progress.step
+
+    def seeded(self):
+        """Context in which the global torch RNG is seeded with ``seed`` and restored after:
+        model initialisation is the same on every process and independent of what ran before
+        (cached or fresh extraction, resume)."""
+        return _Seeded(self.cfg.seed)
 
     def autocast(self):
         """Mixed-precision autocast context of the run."""

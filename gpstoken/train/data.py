@@ -341,10 +341,10 @@ def make_crop(arr: np.ndarray, rng: Optional[np.random.Generator], cfg: DataConf
         x0, y0 = int(rng.integers(0, w - PATCH + 1)), int(rng.integers(0, h - PATCH + 1))
     else:
         x0, y0 = (w - PATCH) // 2, (h - PATCH) // 2
-    out = np.asarray(im.crop((x0, y0, x0 + PATCH, y0 + PATCH)), dtype=np.uint8)
+    out = np.array(im.crop((x0, y0, x0 + PATCH, y0 + PATCH)), dtype=np.uint8)
     if rng is not None and cfg.hflip and rng.random() < 0.5:
-        out = out[:, ::-1]
-    return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float() / 127.5 - 1.0
+        out = np.ascontiguousarray(out[:, ::-1])
+    return torch.from_numpy(out).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -457,9 +457,11 @@ def _worker_init(_: int) -> None:
 
 def make_loader(dataset: Dataset, batch_sampler: Optional[Sampler] = None, *, batch_size: int = 1,
                 num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``dataset`` (one thread per worker; workers persist for infinite samplers)."""
+    """A DataLoader over ``dataset`` (one thread per worker; workers persist for infinite samplers).
+    It has its own generator, so it never draws from (and shifts) the global torch RNG."""
     kw: dict[str, Any] = dict(num_workers=num_workers, pin_memory=pin_memory,
-                              worker_init_fn=_worker_init if num_workers else None)
+                              worker_init_fn=_worker_init if num_workers else None,
+                              generator=torch.Generator().manual_seed(0))
     if num_workers:
         kw["prefetch_factor"] = 4
         kw["persistent_workers"] = batch_sampler is not None

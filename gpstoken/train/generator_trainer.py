@@ -35,16 +35,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.configs import SIT_ARCHS, SiTConfig
+from ..models.configs import SIT_ARCHS, SiTConfig, TokenizerConfig
 from ..models.sit import SiT
+from ..models.tokenizer import GPSTokenizer
 from .common import Run, RunConfig, lr_factor, set_lr
-from .data import CropDataset, StepBatchSampler, make_loader, training_images
+from .data import CropDataset, make_loader, training_images
 from .ema import EMA
 from .tokenizer_trainer import load_weights
 
@@ -107,11 +108,20 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _load_tokenizer_model(name_or_path: str, device: torch.device):
-    from ..pipeline import load_tokenizer
+def load_tokenizer_model(name_or_path: str, device: torch.device) -> GPSTokenizer:
+    """A :class:`GPSTokenizer` (eval mode, on ``device``) from a registry name, Hub id or local
+    safetensors file, via :func:`gpstoken.hub.resolve` (the config comes from its metadata)."""
+    from ..hub import check_state_dict, load_safetensors, resolve
 
-    tok = load_tokenizer(name_or_path, device=device)
-    return tok.model, tok.name
+    resolved = resolve(name_or_path, "tokenizer")
+    if resolved.config is None:
+        raise ValueError(f"tokenizer: {name_or_path} carries no config (export it with gpstoken's save_checkpoint)")
+    with torch.random.fork_rng(devices=[]):
+        model = GPSTokenizer(TokenizerConfig.from_dict(resolved.config))
+    state, _ = load_safetensors(resolved.path)
+    check_state_dict(model.state_dict(), state, name=str(resolved.path))
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.eval().to(device)
 
 
 def extract(cfg: GeneratorTrainConfig, run: Run, with_tokens: bool) -> dict[str, torch.Tensor]:
@@ -161,7 +171,7 @@ def _extract_range(cfg: GeneratorTrainConfig, run: Run, lo: int, hi: int, with_t
     bs = cfg.extract_batch_size
     sampler = [[(j, n_tokens) for j in range(s, min(hi, s + bs))] for s in range(lo, hi, bs)]
     loader = make_loader(CropDataset(entries, cfg.data, cfg.seed), sampler, num_workers=cfg.data.num_workers)
-    model = _load_tokenizer_model(cfg.tokenizer, run.device)[0] if with_tokens else None
+    model = load_tokenizer_model(cfg.tokenizer, run.device) if with_tokens else None
     out: dict[str, list[torch.Tensor]] = {"g_init": [], "labels": []}
     if with_tokens:
         out["tokens"] = []
@@ -225,7 +235,8 @@ class GeneratorTrainer:
             cond_channels=GEOMETRY if kind == "texture" else 0, num_classes=len(self.class_names))
         if int(self.labels.max()) >= len(self.class_names):
             raise ValueError(f"labels go up to {int(self.labels.max())} but there are {len(self.class_names)} classes")
-        model = SiT(self.sit_config)
+        with self.run.seeded():
+            model = SiT(self.sit_config)
         if cfg.init_from:
             state = load_weights(cfg.init_from)
             want = "layout_model." if kind == "layout" else "ema_model."
@@ -238,7 +249,6 @@ class GeneratorTrainer:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.model, self.opt = self.run.accelerator.prepare(model, opt)
         self.run.accelerator.register_for_checkpointing(self.ema)
-        self.tokenizer_id: Optional[str] = None
 
     def _indices(self, batch: int) -> torch.Tensor:
         """Sample indices of this process for global micro-batch ``batch`` (epoch-wise permutation)."""
@@ -287,9 +297,8 @@ class GeneratorTrainer:
     def _paired_tokenizer(self) -> str:
         if self.cfg.tokenizer_id:
             return self.cfg.tokenizer_id
-        if self.tokenizer_id is None:
-            self.tokenizer_id = _load_tokenizer_model(self.cfg.tokenizer, torch.device("cpu"))[1]
-        return self.tokenizer_id
+        tok = str(self.cfg.tokenizer)
+        return str(Path(tok).resolve()) if os.path.isfile(tok) else tok
 
     def export(self) -> Path:
         """Write the EMA weights (see module doc); returns the export path."""

@@ -113,12 +113,13 @@ class TokenizerTrainer:
         self.run = Run(cfg, out, "tokenizer")
         acc = self.run.accelerator
         self.model_config = cfg.tokenizer_config()
-        model = GPSTokenizer(self.model_config)
+        with self.run.seeded():
+            model = GPSTokenizer(self.model_config)
+            disc = PatchDiscriminator(3, cfg.disc_channels, cfg.disc_layers)
         if cfg.init_from:
             model.load_state_dict(load_weights(cfg.init_from), strict=True)
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
         self.ema.model.to(self.run.device)
-        disc = PatchDiscriminator(3, cfg.disc_channels, cfg.disc_layers)
         self.perceptual = maybe_perceptual(cfg.perceptual_weight, cfg.perceptual_net)
         if self.perceptual is not None:
             self.perceptual.to(self.run.device)

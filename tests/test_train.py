@@ -1,0 +1,278 @@
+"""Training: data determinism, metrics, tokenizer / generator training, resume, export,
+and a two-process ``accelerate launch`` run. Tiny models, 256 px crops of one or two photos."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("accelerate")
+skimage = pytest.importorskip("skimage")
+
+from gpstoken.hub import checkpoint_config, load_safetensors  # noqa: E402
+from gpstoken.models.configs import SiTConfig, TokenizerConfig  # noqa: E402
+from gpstoken.models.sit import SiT  # noqa: E402
+from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
+from gpstoken.train import (  # noqa: E402
+    OFFLINE_CLASSES, OFFLINE_HELDOUT, DataConfig, GeneratorTrainConfig, GeneratorTrainer, TokenizerTrainConfig,
+    TokenizerTrainer, export_tokenizer,
+)
+from gpstoken.train.data import (  # noqa: E402
+    CropDataset, StepBatchSampler, folder_images, grid_shape, offline_images, uniform_cells,
+)
+from gpstoken.train.losses import psnr, ssim  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TOKENIZER = {
+    "gpsenc_n": 1, "gpsenc_c": 32, "gps_c": 16, "gps_num": 16,
+    "decoder": {"ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 16},
+}
+TINY_SIT = {"hidden_size": 64, "depth": 2, "num_heads": 4, "class_dropout_prob": 0.1}
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("GPSTOKEN_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="module")
+def one_image(tmp_path_factory) -> Path:
+    """A folder with a single 256x256 photo: every training crop is the same (deterministic)."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("one")
+    Image.fromarray(skimage.data.astronaut()[::2, ::2]).save(d / "astronaut.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def labeled_images(tmp_path_factory) -> Path:
+    """Two classes (sub-folders) of photos of different sizes."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("labeled")
+    for name, arr in (("cat", skimage.data.chelsea()), ("coffee", skimage.data.coffee())):
+        (d / name).mkdir()
+        Image.fromarray(arr).save(d / name / f"{name}.png")
+    return d
+
+
+def _tok_cfg(folder: Path, data: dict | None = None, **kw) -> TokenizerTrainConfig:
+    d = {"model": TINY_TOKENIZER, "batch_size": 1, "lr": 3e-4, "disc_start": 0, "disc_channels": 16,
+         "log_every": 1, "eval_every": 0, "sample_every": 0, "save_every": 0,
+         "data": {"source": str(folder), "n_tokens": 16, "num_workers": 0, "random_crop": False, "hflip": False,
+                  **(data or {})}}
+    d.update(kw)
+    return TokenizerTrainConfig.from_dict(d)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_uniform_grid_layout_covers_the_patch():
+    assert grid_shape(64) == (8, 8) and grid_shape(128) == (8, 16) and grid_shape(32) == (4, 8)
+    cover = np.zeros((256, 256), int)
+    for x0, y0, x1, y1 in uniform_cells(128):
+        cover[y0:y1 + 1, x0:x1 + 1] += 1
+    assert (cover == 1).all()
+    with pytest.raises(ValueError, match="uniform grid"):
+        grid_shape(7)
+    with pytest.raises(ValueError, match="uniform grid"):
+        DataConfig(n_tokens=7, init="uniform")
+    assert DataConfig(n_tokens=[60, 64], init="uniform").token_choices() == [60, 63, 64]
+
+
+def test_crop_dataset_is_deterministic_and_has_layouts(labeled_images):
+    entries, classes = folder_images(labeled_images, labeled=True)
+    assert classes == ["cat", "coffee"] and [e.label for e in entries] == [0, 1]
+    cfg = DataConfig(source=str(labeled_images), labeled=True, n_tokens=24, scale_range=(1.0, 1.5))
+    ds = CropDataset(entries, cfg, seed=3)
+    a, b, c = ds[(5, 24)], ds[(5, 24)], ds[(6, 24)]
+    assert a["image"].shape == (3, 256, 256) and a["g_init"].shape == (24, 5) and a["regions"].shape == (24, 4)
+    assert -1 <= a["image"].min() and a["image"].max() <= 1
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["g_init"], b["g_init"])
+    assert not torch.equal(a["image"], c["image"])
+    # an epoch visits every image once
+    assert sorted(ds.image_index(j) for j in range(2)) == [0, 1]
+    uni = CropDataset(entries, DataConfig(source=str(labeled_images), n_tokens=16, init="uniform"))[(0, 16)]
+    assert torch.allclose(uni["g_init"][:, 0], torch.full((16,), 63 / 256 * 2 / 3))
+
+
+def test_step_batch_sampler_shards_and_resumes():
+    whole = StepBatchSampler(2, [16, 32], world=1, seed=1)
+    r0 = StepBatchSampler(1, [16, 32], rank=0, world=2, seed=1)
+    r1 = StepBatchSampler(1, [16, 32], rank=1, world=2, seed=1)
+    it, i0, i1 = iter(whole), iter(r0), iter(r1)
+    batches = [next(it) for _ in range(5)]
+    assert [next(i0) + next(i1) for _ in range(5)] == batches
+    assert len({b[0][1] for b in batches}) == 2  # token counts vary per batch
+    assert list(iter(StepBatchSampler(2, [16, 32], start=3, stop=5, seed=1))) == batches[3:5]
+
+
+def test_offline_split_and_classes():
+    train = [e.name for e in offline_images("train")]
+    held = [e.name for e in offline_images("heldout")]
+    assert held == [f"skimage:{n}" for n in OFFLINE_HELDOUT]
+    assert not set(train) & set(held)
+    labeled = offline_images("train", labeled=True)
+    assert [e.label for e in labeled] == list(range(len(OFFLINE_CLASSES)))
+    img = labeled[OFFLINE_CLASSES.index("motorcycle")].load()
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+
+
+def test_psnr_ssim_match_scikit_image():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 48, 40, generator=g) * 2 - 1
+    y = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    for i in range(2):
+        a = ((x[i] + 1) / 2).permute(1, 2, 0).double().numpy()
+        b = ((y[i] + 1) / 2).permute(1, 2, 0).double().numpy()
+        assert abs(psnr(x, y)[i].item() - peak_signal_noise_ratio(a, b, data_range=1.0)) < 1e-3
+        ref = structural_similarity(a, b, data_range=1.0, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False)
+        assert abs(ssim(x, y)[i].item() - ref) < 1e-4
+    assert psnr(x, x).min() > 90 and torch.allclose(ssim(x, x), torch.ones(2))
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_training_decreases_loss_resumes_exactly_and_exports(one_image, tmp_path):
+    held_out = {"eval_source": str(one_image), "eval_crops_per_image": 1}
+    full = TokenizerTrainer(_tok_cfg(one_image, held_out, max_steps=2, eval_every=2, sample_every=2),
+                            tmp_path / "full")
+    summary = full.train()
+    log = [m for m in _metrics(tmp_path / "full") if "rec" in m]
+    assert [m["step"] for m in log] == [1, 2]
+    assert log[1]["rec"] < log[0]["rec"]  # same crop each step: the reconstruction improves
+    assert "d_loss" in log[0] and log[0]["adaptive_w"] > 0
+    evals = [m for m in _metrics(tmp_path / "full") if "eval_psnr" in m]
+    assert len(evals) == 2 and 5 < evals[-1]["eval_psnr"] < 60 and 0 < evals[-1]["eval_ssim"] < 1
+    assert list((tmp_path / "full" / "samples").glob("*.png"))
+
+    # 1 step, stop, resume for the 2nd: same weights, optimizer moments, EMA and discriminator
+    TokenizerTrainer(_tok_cfg(one_image, max_steps=1), tmp_path / "split").train()
+    resumed = TokenizerTrainer(_tok_cfg(one_image, max_steps=2), tmp_path / "split")
+    resumed.train(resume=True)
+    for a, b in ((full.raw_model, resumed.raw_model), (full.ema.model, resumed.ema.model),
+                 (full.run.accelerator.unwrap_model(full.disc), resumed.run.accelerator.unwrap_model(resumed.disc))):
+        for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.allclose(va, vb, atol=1e-6, rtol=0), k
+
+    # the export is the EMA in the official key format, config in the metadata
+    state, meta = load_safetensors(summary["export"])
+    config = TokenizerConfig.from_dict(checkpoint_config(meta, "tokenizer"))
+    model = GPSTokenizer(config)
+    model.load_state_dict(state, strict=True)
+    for k, v in full.ema.model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_tokenizer_init_from_and_fp16_export(one_image, tmp_path):
+    config = TokenizerConfig.from_dict(TINY_TOKENIZER)
+    src = GPSTokenizer(config)
+    path = export_tokenizer(src, config, tmp_path / "src.safetensors", dtype="float16")
+    state, _ = load_safetensors(path)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    trainer = TokenizerTrainer(_tok_cfg(one_image, max_steps=1, init_from=str(path)), tmp_path / "ft")
+    for k, v in src.state_dict().items():
+        assert torch.equal(trainer.raw_model.state_dict()[k], v.half().float()), k
+    with pytest.raises(ValueError, match="unknown config fields"):
+        _tok_cfg(one_image, learning_rate=1.0)
+
+
+# ----------------------------------------------------------------------------- generators
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    config = TokenizerConfig.from_dict(TINY_TOKENIZER)
+    return export_tokenizer(GPSTokenizer(config), config, tmp_path_factory.mktemp("tok") / "tok.safetensors")
+
+
+def _gen_cfg(images: Path, tokenizer: Path, cache: Path, **kw) -> GeneratorTrainConfig:
+    d = {"model": TINY_SIT, "tokenizer": str(tokenizer), "batch_size": 8, "lr": 1e-3, "extract_samples": 6,
+         "extract_batch_size": 3, "cache_dir": str(cache), "log_every": 1, "save_every": 0,
+         "data": {"source": str(images), "labeled": True, "n_tokens": 16, "num_workers": 0}}
+    d.update(kw)
+    return GeneratorTrainConfig.from_dict(d)
+
+
+def test_layout_and_texture_generators_train_resume_and_export(labeled_images, tiny_tokenizer_file, tmp_path):
+    cache = tmp_path / "cache"
+    # layout generator: SiT over g_init, no layout condition
+    layout = GeneratorTrainer(_gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=4), tmp_path / "lay",
+                              "layout")
+    assert layout.sit_config.in_channels == 5 and layout.sit_config.cond_channels == 0
+    lay_path = layout.train()["export"]
+
+    # texture generator: loss goes down, resume is exact, export bundles the layout model
+    steps = 30
+    tex = GeneratorTrainer(_gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=steps,
+                                    layout_from=str(lay_path)), tmp_path / "tex", "texture")
+    assert tex.sit_config.in_channels == 21 and tex.sit_config.cond_channels == 5
+    assert tex.sit_config.num_classes == 2 and tex.sit_config.input_size == (16, 1)
+    # targets: geometry residual w.r.t. g_init, normalised per channel
+    assert torch.allclose(tex.x.reshape(-1, 21).mean(0), torch.zeros(21), atol=1e-4)
+    summary = tex.train()
+    losses = [m["loss"] for m in _metrics(tmp_path / "tex") if "loss" in m]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert len(list(cache.glob("tokens-*.safetensors"))) == 1  # extraction cached (shared by both runs)
+
+    half = _gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=steps // 2)
+    GeneratorTrainer(half, tmp_path / "tex2", "texture").train()
+    again = GeneratorTrainer(_gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=steps),
+                             tmp_path / "tex2", "texture")
+    again.train(resume=True)
+    for (k, va), vb in zip(tex.ema.model.state_dict().items(), again.ema.model.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-6, rtol=0), k
+
+    state, meta = load_safetensors(summary["export"])
+    info = checkpoint_config(meta, "generator")
+    assert info["tokenizer"] == str(tiny_tokenizer_file.resolve()) and len(info["latent_mean"]) == 21
+    assert info["class_names"] == ["cat", "coffee"] and len(info["layout_mean"]) == 5
+    texture = SiT(SiTConfig.from_dict(info["config"]))
+    texture.load_official_state_dict(state, strict=True)
+    lay = SiT(SiTConfig.from_dict(info["layout_config"]))
+    lay.load_state_dict({k[len("layout_model."):]: v for k, v in state.items() if k.startswith("layout_model.")})
+    x = torch.randn(2, 21, 16, 1)
+    out = texture(x, torch.rand(2), torch.tensor([0, 1]), torch.rand(2, 16, 5) * 0.5 + 0.1)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------- launch
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(one_image, tmp_path):
+    """The CLI under ``accelerate launch --num_processes 2 --cpu`` (DDP over gloo), with
+    gradient accumulation (no_sync) and the GAN active: one optimizer step, then export."""
+    if shutil.which("accelerate") is None:
+        pytest.skip("the accelerate command is not on PATH")
+    cfg = _tok_cfg(one_image, max_steps=1, grad_accum=2).to_dict()
+    cfg["data"]["num_workers"] = 1  # the partition runs in a DataLoader worker
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPSTOKEN_NO_PROGRESS": "1"}
+    cmd = ["accelerate", "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "gpstoken.train.cli", "tokenizer", "--config", str(tmp_path / "cfg.json"),
+           "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "done at step 1" in proc.stdout
+    state, meta = load_safetensors(tmp_path / "run" / "export" / "tokenizer.safetensors")
+    GPSTokenizer(TokenizerConfig.from_dict(checkpoint_config(meta, "tokenizer"))).load_state_dict(state, strict=True)
+    assert [m["step"] for m in _metrics(tmp_path / "run") if "rec" in m] == [1]
