@@ -54,35 +54,37 @@ def render_dense(
 
 
 def pixel_bounds(geometry: torch.Tensor, h: int, w: int, support: float) -> torch.Tensor:
-    """Inclusive pixel ranges enclosing each token's cut-off box.
+    """Exact inclusive pixel ranges of each token's cut-off box.
 
-    geometry: float [..., 5] (finite, sigma > 0). Returns int64 [..., 4] =
-    (row_first, row_last, col_first, col_last), clamped to the map; the range is empty
-    (last < first) when the box misses the map. The ranges are widened by one pixel on each
-    side so that float32 rounding never drops a pixel; callers re-apply the exact test.
+    geometry: float [..., 5] (finite, sigma > 0); the test is evaluated in geometry's dtype
+    exactly as ``render_dense`` does (``|x_j - mu_x| <= support * sigma_x``), on the
+    O(h + w) pixel centres of each token. Because ``x_j - mu_x`` is monotone in j, the pixels
+    passing the test form one interval per axis. Returns int64 [..., 4] =
+    (row_first, row_last, col_first, col_last); empty (last = first - 1) when the box misses
+    the map.
     """
-    g = geometry.detach().double()
+    g = geometry.detach()
     sx, sy, _, mx, my = g.unbind(-1)
 
-    def axis(mu: torch.Tensor, half: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = (n - 1) / 2.0
-        first = torch.ceil((mu - half + 1.0) * scale) - 1.0
-        last = torch.floor((mu + half + 1.0) * scale) + 1.0
-        return first.clamp(0, n).long(), last.clamp(-1, n - 1).long()
+    def axis(mu: torch.Tensor, sigma: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        d = pixel_coords(n, g.device).to(g.dtype) - mu[..., None]  # [..., n]
+        half = (support * sigma)[..., None]
+        first = (d < -half).sum(-1)  # pixels left of (above) the box
+        return first, first + (d.abs() <= half).sum(-1) - 1
 
-    r0, r1 = axis(my, support * sy, h)
-    c0, c1 = axis(mx, support * sx, w)
+    r0, r1 = axis(my, sy, h)
+    c0, c1 = axis(mx, sx, w)
     return torch.stack((r0, r1, c0, c1), dim=-1)
 
 
 def _cover_pairs(
     geometry: torch.Tensor, h: int, w: int, support: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flat list of candidate (token, pixel) pairs, token-major, pixels row-major in a token.
+    """Flat list of the (token, pixel) pairs inside the cut-off boxes, token-major, pixels
+    row-major within a token.
 
-    geometry [B,N,5]. Returns (tok [P] index into B*N, row [P], col [P], crow [B*N+1]) int64,
-    covering every pixel inside every cut-off box (plus a one-pixel margin); the pairs of
-    token k are ``crow[k]:crow[k+1]``.
+    geometry [B,N,5]. Returns (tok [P] index into B*N, row [P], col [P], crow [B*N+1]) int64;
+    the pairs of token k are ``crow[k]:crow[k+1]``.
     """
     bounds = pixel_bounds(geometry, h, w, support).reshape(-1, 4)
     r0, r1, c0, c1 = bounds.unbind(-1)
@@ -121,14 +123,12 @@ class _CulledRender(torch.autograd.Function):
         sx, sy, rho, mx, my = (x.contiguous() for x in geometry.reshape(B * N, 5).unbind(-1))
         xs = pixel_coords(w, dev).to(geometry.dtype)
         ys = pixel_coords(h, dev).to(geometry.dtype)
-        dx = xs.index_select(0, col) - mx.index_select(0, tok)
-        dy = ys.index_select(0, row) - my.index_select(0, tok)
-        inside = (dx.abs() <= (support * sx).index_select(0, tok)) & (dy.abs() <= (support * sy).index_select(0, tok))
-        u = dx / sx.index_select(0, tok)
-        t = dy / sy.index_select(0, tok)
+        # Every pair passes the cut-off test (pixel_bounds is exact), so no mask is needed.
+        u = (xs.index_select(0, col) - mx.index_select(0, tok)) / sx.index_select(0, tok)
+        t = (ys.index_select(0, row) - my.index_select(0, tok)) / sy.index_select(0, tok)
         rho_t = rho.index_select(0, tok)
         q = u * u - 2.0 * rho_t * u * t + t * t
-        v = torch.where(inside, torch.exp(q * (-0.5 / (1.0 - rho_t * rho_t))), 0.0)
+        v = torch.exp(q * (-0.5 / (1.0 - rho * rho)).index_select(0, tok))
         pix = torch.div(tok, N, rounding_mode="floor") * (h * w) + row * w + col
         feat = features.reshape(B * N, C)
         out = torch.zeros(B * h * w, C, dtype=features.dtype, device=dev)

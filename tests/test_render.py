@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpstoken.render import pixel_bounds, render, render_dense
+from gpstoken.render import pixel_bounds, pixel_coords, render, render_dense
 
 CUDA = torch.cuda.is_available()
 TRITON_OK = CUDA or os.environ.get("TRITON_INTERPRET") == "1"
@@ -150,16 +150,24 @@ def test_empty_token_set():
     assert torch.equal(out, torch.zeros(2, 4, 6, 5))
 
 
-def test_pixel_bounds_enclose_box():
-    geometry, _ = random_tokens(1, 200, 1, seed=9, spread=1.5)
+@pytest.mark.parametrize("support", [3.0, 0.7])
+def test_pixel_bounds_are_exact(support):
+    geometry, _ = random_tokens(1, 300, 1, seed=9, spread=1.5)
     h, w = 19, 23
-    b = pixel_bounds(geometry, h, w, 3.0)[0]
-    dense = render_dense(geometry[0][:, None], torch.ones(200, 1, 1), (h, w))[:, 0]  # [N,h,w] values
-    for n in range(200):
-        rows, cols = dense[n].nonzero(as_tuple=True)
-        if rows.numel():
-            assert b[n, 0] <= rows.min() and rows.max() <= b[n, 1]
-            assert b[n, 2] <= cols.min() and cols.max() <= b[n, 3]
+    b = pixel_bounds(geometry, h, w, support)[0]
+    sx, sy, _, mx, my = geometry[0].T
+    in_x = (pixel_coords(w)[None] - mx[:, None]).abs() <= support * sx[:, None]  # [N,w], as render_dense
+    in_y = (pixel_coords(h)[None] - my[:, None]).abs() <= support * sy[:, None]
+    empty = 0
+    for n in range(300):
+        for (first, last), inside in (((b[n, 0], b[n, 1]), in_y[n]), ((b[n, 2], b[n, 3]), in_x[n])):
+            idx = inside.nonzero()[:, 0]
+            if idx.numel():
+                assert (first, last) == (idx.min(), idx.max()) and idx.numel() == last - first + 1
+            else:
+                empty += 1
+                assert last == first - 1
+    assert empty > 0
 
 
 # --------------------------------------------------------------------------- dtypes
@@ -200,7 +208,6 @@ def test_triton_kernels_small_tiles():
     """Several pixel tiles, pixel chunks and channel blocks per program; out-of-map tokens."""
     from gpstoken.kernels.splat_backward import splat_backward
     from gpstoken.kernels.splat_forward import splat_forward
-    from gpstoken.render import pixel_coords
 
     B, N, C, h, w = 2, 8, 5, 10, 7
     geometry, features = random_tokens(B, N, C, seed=21, spread=1.6, device=DEV)
@@ -267,3 +274,16 @@ def test_invalid_features_are_named():
 def test_bad_arguments(geometry, features, size, kwargs, message):
     with pytest.raises(ValueError, match=message):
         render(geometry, features, size, **kwargs)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_auto_backend_on_cuda():
+    """float32 CUDA inputs go to Triton, float64 ones to the culled torch path (sparse ops on CUDA)."""
+    for dtype in (torch.float32, torch.float64):
+        geometry, features = random_tokens(2, 20, 6, seed=31, dtype=dtype)
+        grad_out = torch.randn(2, 6, 16, 12, dtype=dtype, generator=torch.Generator().manual_seed(6))
+        ref = run(geometry, features, (16, 12), "reference", grad_out)
+        got = run(geometry.cuda(), features.cuda(), (16, 12), "auto", grad_out.cuda())
+        for name, a, b in zip(("out", "grad geometry", "grad features"), got, ref):
+            assert a.dtype == dtype
+            assert_close_scaled(a.cpu(), b, 1e-5 if dtype == torch.float32 else 1e-10, name)

@@ -1,7 +1,7 @@
 """Triton backward splatting kernel (algorithms.md section 2; the cut-off box is constant).
 
-One program owns one token: it walks the pixels of the token's (precomputed, slightly
-enlarged) pixel box in chunks of ``BLOCK_P``, re-applies the exact cut-off test, and
+One program owns one token: it walks the pixels of the token's precomputed pixel box
+(``gpstoken.render.pixel_bounds``) in chunks of ``BLOCK_P``, re-applies the cut-off test, and
 accumulates the gradients of its 5 geometry numbers and C features. Each program writes only
 its own token's rows, so no atomics are needed and the result is deterministic.
 
@@ -104,7 +104,7 @@ def splat_backward(
     """Launch :func:`splat_backward_kernel`.
 
     geometry float32 [B,N,5], features float32 [B,N,C], bounds int32 [B,N,4] (inclusive pixel
-    rows/cols enclosing each cut-off box, a superset is fine), xs float32 [w], ys float32 [h],
+    rows/cols of each cut-off box; a superset is also fine), xs float32 [w], ys float32 [h],
     grad_out float32 [B,C,h,w], all contiguous on one device. Returns (grad_geometry [B,N,5],
     grad_features [B,N,C]) float32. Block sizes must be powers of two.
     """
