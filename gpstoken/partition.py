@@ -34,6 +34,7 @@ import torch
 
 from gpstoken.images import PATCH, fold_patches, pad_to_patches, to_tensor
 from gpstoken.kernels.entropy_hist import gradient_hist
+from gpstoken.layout import Layout
 
 RESIZE = 64
 MAX_ENTROPY = 9.0  # log2(512): the largest possible histogram entropy
@@ -316,6 +317,20 @@ def partition_patch(grey: np.ndarray | torch.Tensor, n_tokens: int, *, weight: f
     return _partition_stack(g[None], n_tokens, weight, min_size, b)[0]
 
 
+def complexities(grey: np.ndarray | torch.Tensor, cells: np.ndarray, *, weight: float = 2.5,
+                 bias: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """Complexity ``E ** weight * h * w + sum(bias over the cell)`` of each cell, float64 ``[n]``.
+
+    ``grey`` float ``[H,W]`` in [-1,1]; ``cells`` int ``[n,4]`` inclusive ``(x0, y0, x1, y1)``.
+    """
+    g = torch.as_tensor(grey).float()
+    b = None if bias is None else _quantize_bias(torch.as_tensor(bias), "bias")[None]
+    ev = _Evaluator(g[None], float(weight), b)
+    keys = [(int(y0), int(x0), int(y1 - y0 + 1), int(x1 - x0 + 1)) for x0, y0, x1, y1 in np.asarray(cells)]
+    ev.compute([(0, k) for k in keys])
+    return np.array([ev.cache[0][k] for k in keys], dtype=np.float64)
+
+
 def _partition_stack(grey: torch.Tensor, n: int, weight: float, min_size: int,
                      bias: torch.Tensor | None) -> list[np.ndarray]:
     """Partition every ``[H,W]`` patch of ``grey [P,H,W]`` -> list of int64 ``[n,4]`` cells."""
@@ -395,7 +410,7 @@ def priority_bias(priority: Any, height: int, width: int, weight: float = 2.5,
 
 
 def partition(image: Any, n_tokens: int, *, priority: Any = None, weight: float = 2.5,
-              min_size: int = 8):
+              min_size: int = 8) -> Layout:
     """Entropy-driven adaptive layout of one image or a batch.
 
     Args:
@@ -418,8 +433,6 @@ def partition(image: Any, n_tokens: int, *, priority: Any = None, weight: float 
         float32, patch-major (patches row-major), each patch in its own [-1,1] frame, rows
         in official order; ``image_size = (H, W)``; ``grid = (k, m)``.
     """
-    from gpstoken.layout import Layout
-
     n_tokens, weight, min_size = _check_common(n_tokens, weight, min_size)
     _check_reachable(n_tokens, PATCH, PATCH, min_size)
     x, _ = to_tensor(image)
@@ -428,7 +441,7 @@ def partition(image: Any, n_tokens: int, *, priority: Any = None, weight: float 
     if priority is not None:
         b = priority_bias(priority, h, w, weight)
         b = torch.nn.functional.pad(b, (0, (-w) % PATCH, 0, (-h) % PATCH))
-        b = _quantize_bias(b, "priority")
+        bias = _quantize_bias(b, "priority")
     xp, grid = pad_to_patches(x)
     patches = fold_patches(xp, grid)  # [B*k*m, 3, 256, 256]
     grey = grey_of(patches)
