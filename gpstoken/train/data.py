@@ -304,12 +304,12 @@ def uniform_cells(n_tokens: int) -> list[tuple[int, int, int, int]]:
 def layout_arrays(image: torch.Tensor, n_tokens: int, init: str = "adaptive", weight: float = 2.5,
                   min_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """``g_init [N,5]`` and ``regions [N,4]`` for one ``[3,256,256]`` patch in ``[-1,1]``."""
-    from ..partition import cells_to_arrays, partition_patch
+    from ..partition import cells_to_arrays, grey_of, partition_patch
 
     if init == "uniform":
-        cells = uniform_cells(n_tokens)
+        cells = np.asarray(uniform_cells(n_tokens), dtype=np.int64)
     else:
-        cells = partition_patch(image, n_tokens, weight=weight, min_size=min_size)
+        cells = partition_patch(grey_of(image[None])[0], n_tokens, weight=weight, min_size=min_size)
     g, r = cells_to_arrays(cells, PATCH, PATCH)
     return torch.as_tensor(g, dtype=torch.float32), torch.as_tensor(r, dtype=torch.float32)
 
