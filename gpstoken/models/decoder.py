@@ -1,0 +1,189 @@
+"""GPSToken decoder (algorithms.md section 4): rendered feature map -> image.
+
+VAE-style decoder with the official ``decoder.*`` state-dict keys. Every norm in its
+residual blocks and its final norm is the *patch-aware GroupNorm* (:class:`PatchGroupNorm`);
+the middle attention block attends within each 256-pixel patch.
+
+Speed: the norm statistics are folded into one per-channel scale/shift (a single pass
+over the map after the statistics pass, swish fused in place), attention runs through
+``F.scaled_dot_product_attention``, and the map is kept channels-last so the convolutions
+need no layout reorders.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .configs import DecoderConfig
+
+__all__ = ["PatchGroupNorm", "Decoder", "fold_patches_to_batch", "unfold_batch_to_patches"]
+
+Grid = tuple[int, int]
+NUM_GROUPS = 32
+
+
+def fold_patches_to_batch(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """[B,C,k*h,m*w] -> [B*k*m,C,h,w], patches row-major (channels-last output layout)."""
+    b, c, hh, ww = x.shape
+    k, m = grid
+    h, w = hh // k, ww // m
+    x = x.permute(0, 2, 3, 1).reshape(b, k, h, m, w, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b * k * m, h, w, c).permute(0, 3, 1, 2)
+
+
+def unfold_batch_to_patches(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Inverse of :func:`fold_patches_to_batch`: [B*k*m,C,h,w] -> [B,C,k*h,m*w]."""
+    bkm, c, h, w = x.shape
+    k, m = grid
+    x = x.permute(0, 2, 3, 1).reshape(bkm // (k * m), k, m, h, w, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(bkm // (k * m), k * h, m * w, c).permute(0, 3, 1, 2)
+
+
+class PatchGroupNorm(nn.Module):
+    """Patch-aware GroupNorm of the official decoder (32 groups).
+
+    ``y = (x - mean) / (std + eps) * weight + bias`` with the biased std and ``eps`` added to
+    the std. Statistics are taken per group and per patch block of a ``grid=(k, m)`` split of
+    the map. With more than one block, the ``k x m`` statistics grid is resized to the map
+    size with bicubic interpolation (align_corners False) and every pixel uses its
+    interpolated mean and std. With one block the (constant) statistics are used directly;
+    the official bicubic resize of a 1x1 map deviates from that by ~1e-7 relative.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        if num_channels % NUM_GROUPS:
+            raise ValueError(f"num_channels must be a multiple of {NUM_GROUPS}, got {num_channels}")
+        self.num_channels = num_channels
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: torch.Tensor, grid: Grid = (1, 1), swish: bool = False) -> torch.Tensor:
+        """x: float [B,C,H,W], H and W divisible by the grid. ``swish`` fuses a SiLU after it."""
+        b, c, hh, ww = x.shape
+        k, m = grid
+        g = NUM_GROUPS
+        if (k, m) == (1, 1):
+            var, mean = torch.var_mean(x.view(b, g, c // g, hh, ww), dim=(2, 3, 4), unbiased=False)  # [B,G]
+            scale = (1.0 / (var.sqrt() + self.eps)).repeat_interleave(c // g, 1) * self.weight
+            shift = self.bias - mean.repeat_interleave(c // g, 1) * scale
+            y = torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+        else:
+            blocks = x.view(b, g, c // g, k, hh // k, m, ww // m)
+            var, mean = torch.var_mean(blocks, dim=(2, 4, 6), unbiased=False)  # [B,G,k,m]
+            stats = torch.cat([mean, var.sqrt()], 1)
+            stats = F.interpolate(stats, size=(hh, ww), mode="bicubic", align_corners=False)
+            mean_f, inv_f = stats[:, :g, None], 1.0 / (stats[:, g:, None] + self.eps)  # [B,G,1,H,W]
+            y = ((x.view(b, g, c // g, hh, ww) - mean_f) * inv_f).view(b, c, hh, ww)
+            y = torch.addcmul(self.bias[:, None, None], y, self.weight[:, None, None])
+        return F.silu(y, inplace=True) if swish else y
+
+
+class ResnetBlock(nn.Module):
+    """norm -> swish -> conv3x3 -> norm -> swish -> dropout -> conv3x3, plus (1x1) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = PatchGroupNorm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = PatchGroupNorm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        h = self.conv1(self.norm1(x, grid, swish=True))
+        h = self.conv2(self.dropout(self.norm2(h, grid, swish=True)))
+        skip = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        return skip + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention (GroupNorm, 1x1 q/k/v/proj), within each patch."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(NUM_GROUPS, channels, eps=1e-6)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """x: [B,C,k*h,m*w]; every (h, w) patch is normalised and attends on its own."""
+        patches = fold_patches_to_batch(x, grid) if grid != (1, 1) else x
+        n, c, h, w = patches.shape
+        tokens = self.norm(patches).permute(0, 2, 3, 1).reshape(n, h * w, c)
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight]).view(3 * c, c)
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        q, k, v = F.linear(tokens, weight, bias).chunk(3, dim=-1)
+        att = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        out = F.linear(att, self.proj_out.weight.view(c, c), self.proj_out.bias)
+        out = patches + out.view(n, h, w, c).permute(0, 3, 1, 2)
+        return unfold_batch_to_patches(out, grid) if grid != (1, 1) else out
+
+
+class Upsample(nn.Module):
+    """Nearest x2 upsampling then conv3x3."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Decoder(nn.Module):
+    """Feature map [B, z_channels, h, w] -> image [B, out_ch, h*2^(L-1), w*2^(L-1)].
+
+    ``grid=(k, m)`` tells the patch-aware norms and the mid attention how the map is split
+    into 256-pixel patches (the input map is ``k*h0 x m*w0`` for per-patch size ``h0 x w0``).
+    """
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        if cfg.attn_resolutions:
+            raise ValueError(
+                f"DecoderConfig.attn_resolutions: the GPSToken decoder has no attention in its "
+                f"up levels; expected (), got {cfg.attn_resolutions}"
+            )
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout)
+        levels = []
+        for i_level in range(len(cfg.ch_mult)):
+            level = nn.Module()
+            block_out = cfg.ch * cfg.ch_mult[i_level]
+            c_in = cfg.ch * cfg.ch_mult[i_level + 1] if i_level + 1 < len(cfg.ch_mult) else block_in
+            level.block = nn.ModuleList(
+                ResnetBlock(c_in if i == 0 else block_out, block_out, cfg.dropout)
+                for i in range(cfg.num_res_blocks + 1)
+            )
+            if i_level != 0:
+                level.upsample = Upsample(block_out)
+            levels.append(level)
+        self.up = nn.ModuleList(levels)
+        self.norm_out = PatchGroupNorm(cfg.ch * cfg.ch_mult[0])
+        self.conv_out = nn.Conv2d(cfg.ch * cfg.ch_mult[0], cfg.out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, grid: Grid = (1, 1)) -> torch.Tensor:
+        """z: float [B, z_channels, k*h0, m*w0] -> float [B, out_ch, k*h0*2^(L-1), m*w0*2^(L-1)]."""
+        h = self.conv_in(z.contiguous(memory_format=torch.channels_last))
+        h = self.mid.block_1(h, grid)
+        h = self.mid.attn_1(h, grid)
+        h = self.mid.block_2(h, grid)
+        for i_level in reversed(range(len(self.up))):
+            level = self.up[i_level]
+            for block in level.block:
+                h = block(h, grid)
+            if i_level != 0:
+                h = level.upsample(h)
+        h = self.conv_out(self.norm_out(h, grid, swish=True))
+        return h.contiguous()
