@@ -16,6 +16,7 @@ Three implementations of the same formula:
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -67,7 +68,7 @@ def pixel_bounds(geometry: torch.Tensor, h: int, w: int, support: float) -> torc
     sx, sy, _, mx, my = g.unbind(-1)
 
     def axis(mu: torch.Tensor, sigma: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        d = pixel_coords(n, g.device).to(g.dtype) - mu[..., None]  # [..., n]
+        d = _device_coords(n, g.device).to(g.dtype) - mu[..., None]  # [..., n]
         half = (support * sigma)[..., None]
         first = (d < -half).sum(-1)  # pixels left of (above) the box
         return first, first + (d.abs() <= half).sum(-1) - 1
@@ -121,8 +122,8 @@ class _CulledRender(torch.autograd.Function):
         dev = geometry.device
         tok, row, col, crow = _cover_pairs(geometry, h, w, support)
         sx, sy, rho, mx, my = (x.contiguous() for x in geometry.reshape(B * N, 5).unbind(-1))
-        xs = pixel_coords(w, dev).to(geometry.dtype)
-        ys = pixel_coords(h, dev).to(geometry.dtype)
+        xs = _device_coords(w, dev).to(geometry.dtype)
+        ys = _device_coords(h, dev).to(geometry.dtype)
         # Every pair passes the cut-off test (pixel_bounds is exact), so no mask is needed.
         u = (xs.index_select(0, col) - mx.index_select(0, tok)) / sx.index_select(0, tok)
         t = (ys.index_select(0, row) - my.index_select(0, tok)) / sy.index_select(0, tok)
@@ -173,12 +174,12 @@ class _TritonRender(torch.autograd.Function):
         from .kernels.splat_forward import splat_forward
 
         dev = geometry.device
-        xs, ys = pixel_coords(w, dev), pixel_coords(h, dev)
+        xs, ys = _device_coords(w, dev), _device_coords(h, dev)
         # The interpreter runs one program at a time: use few, large tiles there.
         bh, bw = (16, 16) if dev.type == "cuda" else (min(64, _pow2(h)), min(64, _pow2(w)))
         out = splat_forward(geometry, features, xs, ys, support, block_h=bh, block_w=bw)
-        ctx.save_for_backward(geometry, features)
-        ctx.size, ctx.support = (h, w), support
+        ctx.save_for_backward(geometry, features, xs, ys)
+        ctx.support = support
         return out
 
     @staticmethod
@@ -186,16 +187,18 @@ class _TritonRender(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         from .kernels.splat_backward import splat_backward
 
-        geometry, features = ctx.saved_tensors
-        h, w = ctx.size
-        dev = geometry.device
-        bounds = pixel_bounds(geometry, h, w, ctx.support).to(torch.int32).contiguous()
-        block_p = 256 if dev.type == "cuda" else 1024
+        geometry, features, xs, ys = ctx.saved_tensors
+        block_p = 256 if geometry.is_cuda else 1024
         grad_geo, grad_feat = splat_backward(
-            geometry, features, bounds, pixel_coords(w, dev), pixel_coords(h, dev), ctx.support,
-            grad_out.float().contiguous(), block_p=block_p,
+            geometry, features, xs, ys, ctx.support, grad_out.float().contiguous(), block_p=block_p
         )
         return grad_geo, grad_feat, None, None, None
+
+
+@functools.lru_cache(maxsize=64)
+def _device_coords(n: int, device: torch.device) -> torch.Tensor:
+    """Cached :func:`pixel_coords` (read-only use) to save small kernel launches per call."""
+    return pixel_coords(n, device)
 
 
 def _pow2(n: int) -> int:
@@ -227,16 +230,18 @@ def _check_inputs(geometry: torch.Tensor, features: torch.Tensor, size, support:
         raise ValueError(f"render: size must be at least 2x2 (pixel centres span [-1, 1]), got {(h, w)}")
     if not (isinstance(support, (int, float)) and support > 0 and not math.isnan(support)):
         raise ValueError(f"render: support must be a positive number (inf = no cut-off), got {support!r}")
-    g = geometry.detach()
-    sx, sy, rho = g[..., 0], g[..., 1], g[..., 2]
-    bad_geo = ~torch.isfinite(g).all(-1) | (sx <= 0) | (sy <= 0) | (rho.abs() >= 1)  # [B,N]
-    bad_feat = ~torch.isfinite(features.detach()).all(-1)  # [B,N]
-    if bool((bad_geo | bad_feat).any()):  # the only host sync of the check
-        _raise_bad_token(g, features.detach(), bad_geo, bad_feat)
+    g, f = geometry.detach(), features.detach()
+    ok = torch.isfinite(g).all(-1) & torch.isfinite(f).all(-1) & (g[..., 2].abs() < 1)
+    ok &= (g[..., :2] > 0).all(-1)  # [B,N]
+    if not bool(ok.all()):  # the only host sync of the check
+        _raise_bad_token(g, f)
     return h, w
 
 
-def _raise_bad_token(g: torch.Tensor, f: torch.Tensor, bad_geo: torch.Tensor, bad_feat: torch.Tensor):
+def _raise_bad_token(g: torch.Tensor, f: torch.Tensor):
+    """Raise the ValueError naming the first invalid token (b, n) and field."""
+    bad_geo = ~torch.isfinite(g).all(-1) | (g[..., 0] <= 0) | (g[..., 1] <= 0) | (g[..., 2].abs() >= 1)
+    bad_feat = ~torch.isfinite(f).all(-1)
     n_bad = int((bad_geo | bad_feat).sum())
     if bool(bad_geo.any()):
         b, n = (int(i) for i in bad_geo.nonzero()[0])

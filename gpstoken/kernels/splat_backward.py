@@ -1,8 +1,9 @@
 """Triton backward splatting kernel (algorithms.md section 2; the cut-off box is constant).
 
-One program owns one token: it walks the pixels of the token's precomputed pixel box
-(``gpstoken.render.pixel_bounds``) in chunks of ``BLOCK_P``, re-applies the cut-off test, and
-accumulates the gradients of its 5 geometry numbers and C features. Each program writes only
+One program owns one token. It first finds the token's pixel box exactly (the pixels passing
+``|x_j - mu_x| <= support*sigma_x`` form one interval because ``x_j - mu_x`` is monotone in j;
+counting over the O(h + w) pixel centres gives its ends), then walks the box in chunks of
+``BLOCK_P``, re-applying the cut-off test, and accumulates the gradients of its 5 geometry numbers and C features. Each program writes only
 its own token's rows, so no atomics are needed and the result is deterministic.
 
 With ``u = dx/sx``, ``t = dy/sy``, ``a = 1/(2(1-rho^2))``, ``q = u^2 - 2 rho u t + t^2``,
@@ -22,13 +23,12 @@ import triton.language as tl
 
 @triton.jit
 def splat_backward_kernel(
-    geo_ptr, feat_ptr, bounds_ptr, xs_ptr, ys_ptr, gout_ptr, ggeo_ptr, gfeat_ptr,
+    geo_ptr, feat_ptr, xs_ptr, ys_ptr, gout_ptr, ggeo_ptr, gfeat_ptr,
     N, C, H, W, support,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """geo [B,N,5], feat [B,N,C], bounds int32 [B,N,4] (row0,row1,col0,col1 inclusive, empty
-    when last < first), xs [W], ys [H], grad_out [B,C,H,W] -> grad_geo [B,N,5], grad_feat [B,N,C]
-    (all float32 contiguous). Grid: (B*N,).
+    """geo [B,N,5], feat [B,N,C], xs [W], ys [H], grad_out [B,C,H,W] -> grad_geo [B,N,5],
+    grad_feat [B,N,C] (all float32 contiguous). Grid: (B*N,).
     """
     tok = tl.program_id(0)
     b = tok // N
@@ -40,12 +40,21 @@ def splat_backward_kernel(
     hx = support * sx
     hy = support * sy
     a = 0.5 / (1.0 - rho * rho)
-    r0 = tl.load(bounds_ptr + tok * 4)
-    r1 = tl.load(bounds_ptr + tok * 4 + 1)
-    c0 = tl.load(bounds_ptr + tok * 4 + 2)
-    c1 = tl.load(bounds_ptr + tok * 4 + 3)
-    nx = tl.maximum(c1 - c0 + 1, 0)
-    ny = tl.maximum(r1 - r0 + 1, 0)
+    # Box ends: first = number of centres before the box, n = number inside it.
+    c0 = tl.zeros((), dtype=tl.int32)
+    nx = tl.zeros((), dtype=tl.int32)
+    for j0 in range(0, W, BLOCK_P):
+        j = j0 + tl.arange(0, BLOCK_P)
+        d = tl.load(xs_ptr + j, mask=j < W, other=0.0) - mx
+        c0 += tl.sum(((j < W) & (d < -hx)).to(tl.int32), axis=0)
+        nx += tl.sum(((j < W) & (tl.abs(d) <= hx)).to(tl.int32), axis=0)
+    r0 = tl.zeros((), dtype=tl.int32)
+    ny = tl.zeros((), dtype=tl.int32)
+    for i0 in range(0, H, BLOCK_P):
+        i = i0 + tl.arange(0, BLOCK_P)
+        d = tl.load(ys_ptr + i, mask=i < H, other=0.0) - my
+        r0 += tl.sum(((i < H) & (d < -hy)).to(tl.int32), axis=0)
+        ny += tl.sum(((i < H) & (tl.abs(d) <= hy)).to(tl.int32), axis=0)
     count = nx * ny
     nx_div = tl.maximum(nx, 1)
     acc_sx = tl.zeros((BLOCK_P,), dtype=tl.float32)
@@ -97,15 +106,14 @@ def splat_backward_kernel(
 
 
 def splat_backward(
-    geometry: torch.Tensor, features: torch.Tensor, bounds: torch.Tensor, xs: torch.Tensor,
-    ys: torch.Tensor, support: float, grad_out: torch.Tensor,
+    geometry: torch.Tensor, features: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
+    support: float, grad_out: torch.Tensor,
     *, block_p: int = 256, block_c: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch :func:`splat_backward_kernel`.
 
-    geometry float32 [B,N,5], features float32 [B,N,C], bounds int32 [B,N,4] (inclusive pixel
-    rows/cols of each cut-off box; a superset is also fine), xs float32 [w], ys float32 [h],
-    grad_out float32 [B,C,h,w], all contiguous on one device. Returns (grad_geometry [B,N,5],
+    geometry float32 [B,N,5], features float32 [B,N,C], xs float32 [w], ys float32 [h] (pixel
+    centres, increasing), grad_out float32 [B,C,h,w], all contiguous on one device; support > 0. Returns (grad_geometry [B,N,5],
     grad_features [B,N,C]) float32. Block sizes must be powers of two.
     """
     B, N, C = features.shape
@@ -117,7 +125,7 @@ def splat_backward(
     grad_geo = torch.empty((B, N, 5), dtype=torch.float32, device=features.device)
     grad_feat = torch.empty((B, N, C), dtype=torch.float32, device=features.device)
     splat_backward_kernel[(B * N,)](
-        geometry, features, bounds, xs, ys, grad_out, grad_geo, grad_feat, N, C, H, W, float(support),
+        geometry, features, xs, ys, grad_out, grad_geo, grad_feat, N, C, H, W, float(support),
         BLOCK_P=block_p, BLOCK_C=block_c,
     )
     return grad_geo, grad_feat
@@ -126,7 +134,7 @@ def splat_backward(
 def aot_specs() -> list[tuple[object, dict[str, str], dict[str, int]]]:
     """(kernel, signature, constexprs) triples compiled ahead of time by the tests."""
     sig = {
-        "geo_ptr": "*fp32", "feat_ptr": "*fp32", "bounds_ptr": "*i32", "xs_ptr": "*fp32", "ys_ptr": "*fp32",
+        "geo_ptr": "*fp32", "feat_ptr": "*fp32", "xs_ptr": "*fp32", "ys_ptr": "*fp32",
         "gout_ptr": "*fp32", "ggeo_ptr": "*fp32", "gfeat_ptr": "*fp32",
         "N": "i32", "C": "i32", "H": "i32", "W": "i32", "support": "fp32",
         "BLOCK_P": "constexpr", "BLOCK_C": "constexpr",
