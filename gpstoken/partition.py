@@ -76,9 +76,9 @@ def _resize(blocks: torch.Tensor) -> torch.Tensor:
     _, h, w = blocks.shape
     dev = str(blocks.device)
     i0, i1, a = _resize_coefficients(w, dev)
-    t = _lerp32(blocks[:, :, i0], blocks[:, :, i1], a)
+    t = _lerp32(blocks.index_select(2, i0), blocks.index_select(2, i1), a)
     j0, j1, b = _resize_coefficients(h, dev)
-    return _lerp32(t[:, j0], t[:, j1], b[:, None])
+    return _lerp32(t.index_select(1, j0), t.index_select(1, j1), b[:, None])
 
 
 def _entropy(counts: torch.Tensor) -> list[float]:
@@ -110,6 +110,7 @@ class _Evaluator:
     def __init__(self, grey: torch.Tensor, weight: float, bias: torch.Tensor | None):
         # grey: float32 [P,H,W]; bias: float64 [P,H,W] (already quantized) or None
         self.v = (grey + 1.0) / 2.0
+        self.tiles: dict[tuple[int, int], torch.Tensor] = {}
         self.weight = weight
         self.cache: list[dict[Cell, float]] = [{} for _ in range(grey.shape[0])]
         self.integral = None
@@ -117,6 +118,23 @@ class _Evaluator:
             ii = torch.zeros(bias.shape[0], bias.shape[1] + 1, bias.shape[2] + 1, dtype=torch.float64)
             ii[:, 1:, 1:] = bias.cpu().cumsum(1).cumsum(2)
             self.integral = ii.numpy()
+
+    def _blocks(self, items: list[tuple[int, Cell]], h: int, w: int) -> torch.Tensor:
+        """float32 ``[K,h,w]`` pixels of same-sized cells (values ``(g+1)/2``)."""
+        dev = self.v.device
+        p, hh, ww = self.v.shape
+        if hh % h == 0 and ww % w == 0 and all(c[0] % h == 0 and c[1] % w == 0 for _, c in items):
+            # cells on their own size's grid (always so in a 256 patch): rows of a tile stack
+            if (h, w) not in self.tiles:
+                self.tiles[(h, w)] = (self.v.view(p, hh // h, h, ww // w, w).permute(0, 1, 3, 2, 4)
+                                      .reshape(-1, h, w))
+            idx = torch.tensor([(i * (hh // h) + c[0] // h) * (ww // w) + c[1] // w for i, c in items],
+                               device=dev)
+            return self.tiles[(h, w)].index_select(0, idx)
+        pi = torch.tensor([i for i, _ in items], device=dev)
+        rows = torch.tensor([c[0] for _, c in items], device=dev)[:, None] + torch.arange(h, device=dev)
+        cols = torch.tensor([c[1] for _, c in items], device=dev)[:, None] + torch.arange(w, device=dev)
+        return self.v[pi[:, None, None], rows[:, :, None], cols[:, None, :]]
 
     def compute(self, requests: list[tuple[int, Cell]]) -> None:
         """Fill the cache for ``(patch, cell)`` requests (duplicates allowed)."""
@@ -126,16 +144,8 @@ class _Evaluator:
                 groups.setdefault(pc[1][2:], []).append(pc)
         for (h, w), items in groups.items():
             items = list(dict.fromkeys(items))
-            pi = torch.tensor([p for p, _ in items], device=self.v.device)
-            ys = torch.tensor([c[0] for _, c in items], device=self.v.device)
-            xs = torch.tensor([c[1] for _, c in items], device=self.v.device)
-            counts = []
-            for s in range(0, len(items), _CHUNK):
-                sl = slice(s, s + _CHUNK)
-                rows = ys[sl, None] + torch.arange(h, device=self.v.device)
-                cols = xs[sl, None] + torch.arange(w, device=self.v.device)
-                blocks = self.v[pi[sl, None, None], rows[:, :, None], cols[:, None, :]]
-                counts.append(gradient_hist(_resize(blocks)))
+            blocks = self._blocks(items, h, w)
+            counts = [gradient_hist(_resize(blocks[s:s + _CHUNK])) for s in range(0, len(items), _CHUNK)]
             ent = _entropy(torch.cat(counts))
             for (p, cell), e in zip(items, ent):
                 c = math.pow(e, self.weight) * h * w
@@ -211,17 +221,49 @@ class _PatchState:
         return [i[2] for i in rest] + [k[2] for k in kids]
 
 
+def _speculate(s: _PatchState, cache: dict[Cell, float], min_size: int) -> list[Cell]:
+    """Cells whose children are probably needed soon.
+
+    Plays the next ``n - count`` picks ahead on a copy of the heap, estimating an unknown
+    child's complexity as half its parent's (half the area, similar entropy). Returns the
+    known cells picked in that play whose children are not computed yet. A wrong guess
+    costs an extra round or a few unused cells, never a wrong result.
+    """
+    heap = list(s.heap)
+    seq = s.seq
+    want = []
+    for _ in range(s.n - s.count):
+        if not heap:
+            break
+        negc, _, cell = heapq.heappop(heap)
+        first, second = _halves(cell)
+        kids = first + (second or ())
+        if all(k in cache for k in kids):
+            if second is not None and not (min(cache[first[0]], cache[first[1]])
+                                           < min(cache[second[0]], cache[second[1]])):
+                first = second
+            vals = [cache[k] for k in first]
+        else:
+            if cell in cache:
+                want.append(cell)
+            first = second or first
+            vals = [-negc / 2, -negc / 2]
+        for k, v in zip(first, vals):
+            if _splittable(k, min_size):
+                heapq.heappush(heap, (-v, seq, k))
+            seq += 1
+    return want
+
+
 def _run_greedy(ev: _Evaluator, states: list[_PatchState], min_size: int) -> None:
     ev.compute([(s.patch, s.root) for s in states])
     for s in states:
         s.add(s.root, ev.cache[s.patch][s.root], min_size)
     active = [s for s in states if not s.done]
     while active:
-        # Speculate: children of every cell that may still be picked.
         req = []
         for s in active:
-            for _, _, cell in heapq.nsmallest(s.n - s.count, s.heap):
-                req.extend((s.patch, k) for k in _children(cell))
+            req.extend((s.patch, k) for c in _speculate(s, ev.cache[s.patch], min_size) for k in _children(c))
         ev.compute(req)
         for s in active:
             cache = ev.cache[s.patch]
@@ -237,9 +279,8 @@ def _run_greedy(ev: _Evaluator, states: list[_PatchState], min_size: int) -> Non
                     min(cache[first[0]], cache[first[1]]) < min(cache[second[0]], cache[second[1]])
                 ):
                     first = second
-                kids = [s.add(k, cache[k], min_size) for k in first]
+                s.last = [s.add(k, cache[k], min_size) for k in first]
                 s.count += 1
-                s.last = kids
         active = [s for s in active if not s.done]
 
 

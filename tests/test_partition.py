@@ -51,7 +51,7 @@ def test_official_256(fixtures, n):
         geometry, regions = cells_to_arrays(got)
         np.testing.assert_array_equal(regions, tensors[f"{key}/regions"], err_msg=key)
         np.testing.assert_array_equal(geometry, tensors[f"{key}/gpscodes"], err_msg=key)
-        if n in (16, 128):  # complexities: a cheaper subset, they are exact anyway
+        if n in (16, 64):  # complexities too (a cheaper subset of sizes)
             np.testing.assert_allclose(complexities(g, got), tensors[f"{key}/complexity"], rtol=1e-9, err_msg=key)
 
 
@@ -196,8 +196,8 @@ def test_hist_kernel_matches_torch_twin():
     r = torch.from_numpy(rng.random((2, 64, 64)).astype(np.float32))
     r[1, :, :32] = 0.25  # flat part: zero gradients
     r[1, 10, 40] = r[1, 10, 41] + np.float32(11 / 512 / 8)  # a magnitude on a bin edge
-    r[1, 0, :] = 1.0
-    r[1, 1, :] = 0.0  # magnitudes above 5.5: dropped
+    r[1, 0, :] = 3.0
+    r[1, 1, :] = 0.0  # a step of 3: magnitudes above 5.5, dropped
     want = entropy_hist.gradient_hist_torch(r)
     assert want.shape == (2, 256) and want.dtype == torch.int32
     assert int(want[0].sum()) == 4096 and int(want[1].sum()) < 4096

@@ -44,7 +44,7 @@ def _gradient_hist_kernel(r_ptr, out_ptr, SIZE_C: tl.constexpr, NBINS: tl.conste
     dr = tl.load(base + down * SIZE_C + right).to(tl.float64)
     gx = 2.0 * (mr - ml) + ((dr - dl) + (ur - ul))
     gy = ((dl + 2.0 * dc) + dr) - ((ul + 2.0 * uc) + ur)
-    m = tl.sqrt_rn(gx * gx + gy * gy)
+    m = tl.sqrt(gx * gx + gy * gy)  # float64 sqrt is correctly rounded
     t = m * 512.0
     q = tl.floor(t / 11.0)
     q = tl.where(q * 11.0 > t, q - 1.0, q)
@@ -78,11 +78,11 @@ def gradient_hist_torch(r: torch.Tensor) -> torch.Tensor:
     q = torch.floor(t / 11.0)
     q -= (q * 11.0 > t).to(q.dtype)
     q += ((q + 1.0) * 11.0 <= t).to(q.dtype)
-    keep = t <= 2816.0
-    qi = q.clamp_(max=HALF_BINS - 1).to(torch.int64)
-    qi += torch.arange(k, device=r.device)[:, None, None] * HALF_BINS
-    counts = torch.bincount(qi[keep], minlength=k * HALF_BINS)
-    return counts.view(k, HALF_BINS).to(torch.int32)
+    q.clamp_(max=HALF_BINS - 1)
+    q.masked_fill_(t > 2816.0, HALF_BINS)  # above 5.5: an overflow bin, dropped below
+    qi = q.to(torch.int64) + torch.arange(k, device=r.device)[:, None, None] * (HALF_BINS + 1)
+    counts = torch.bincount(qi.view(-1), minlength=k * (HALF_BINS + 1))
+    return counts.view(k, HALF_BINS + 1)[:, :HALF_BINS].to(torch.int32)
 
 
 def gradient_hist(r: torch.Tensor) -> torch.Tensor:
