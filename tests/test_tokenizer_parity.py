@@ -142,3 +142,17 @@ def test_input_validation(call, match):
         model = GPSTokenizer(TOKENIZER_ARCHS["gpstoken-fixture-small"])
     with pytest.raises(ValueError, match=match):
         call(model)
+
+
+def test_reference_implementation_agrees(small):
+    """The straightforward reference (benchmark baseline) matches the fixture and our model."""
+    from reference_tokenizer import ReferenceTokenizer
+
+    model, c = small
+    ref = ReferenceTokenizer(model.config).eval()
+    ref.load_state_dict(model.state_dict(), strict=True)
+    with torch.inference_mode():
+        tokens = ref.encode(c["b256/images"][:1], c["b256/init_gpscodes"][:1], c["b256/regions"][:1])
+        close(tokens, c["b256/gpscodes"][:1], 1e-5)
+        close(ref.decode(c["b256/gpscodes"][:1]), c["b256/recon"][:1], 1e-4)
+        close(ref.decode(c["np2/gpscodes"], (2, 2)), model.decode(c["np2/gpscodes"], (2, 2)), 1e-4)
