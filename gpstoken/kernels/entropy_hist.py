@@ -37,7 +37,6 @@ def _gradient_hist_kernel(r_ptr, out_ptr, SIZE_C: tl.constexpr, NBINS: tl.conste
     uc = tl.load(base + up * SIZE_C + cols).to(tl.float64)
     ur = tl.load(base + up * SIZE_C + right).to(tl.float64)
     ml = tl.load(base + rows * SIZE_C + left).to(tl.float64)
-    mc = tl.load(base + rows * SIZE_C + cols).to(tl.float64)
     mr = tl.load(base + rows * SIZE_C + right).to(tl.float64)
     dl = tl.load(base + down * SIZE_C + left).to(tl.float64)
     dc = tl.load(base + down * SIZE_C + cols).to(tl.float64)
