@@ -154,15 +154,27 @@ class _CulledRender(torch.autograd.Function):
         grad_feat = _pair_csr(crow, pix, v, B * h * w) @ g
         dots = torch.sparse.sampled_addmm(_pair_csr(crow, pix, torch.zeros_like(v), B * h * w), feat, g.t(), beta=0.0)
         gv = v * dots.values()
-        sx, sy, rho, _, _ = (x.contiguous() for x in geometry.reshape(B * N, 5).unbind(-1))
-        rho_t = rho.index_select(0, tok)
-        a2 = 1.0 / (1.0 - rho_t * rho_t)  # 2a
-        dmx = a2 * (u - rho_t * t) / sx.index_select(0, tok) * gv
-        dmy = a2 * (t - rho_t * u) / sy.index_select(0, tok) * gv
-        drho = a2 * (u * t - rho_t * a2 * q) * gv
-        per_pair = torch.stack((u * dmx, t * dmy, drho, dmx, dmy), dim=-1)  # [P,5]
+        sx, sy, rho, _, _ = geometry.reshape(B * N, 5).unbind(-1)
+        rho_t = rho.contiguous().index_select(0, tok)
+        # Per pair: e1 = u - rho t, e2 = t - rho u. Per token (a2 = 2a = 1/(1-rho^2)):
+        # d_mu_x = a2/sx * sum(gv e1), d_sigma_x = a2/sx * sum(gv e1 u), likewise y with e2, t;
+        # d_rho = a2 * (sum(gv u t) - rho a2 sum(gv q)).
+        e1 = u - rho_t * t
+        e2 = t - rho_t * u
+        cols = torch.empty(v.numel(), 6, dtype=v.dtype, device=v.device)
+        torch.mul(gv, e1, out=cols[:, 0])
+        torch.mul(cols[:, 0], u, out=cols[:, 1])
+        torch.mul(gv, e2, out=cols[:, 2])
+        torch.mul(cols[:, 2], t, out=cols[:, 3])
+        torch.mul(gv * u, t, out=cols[:, 4])
+        torch.mul(gv, q, out=cols[:, 5])
         p_idx = torch.arange(v.numel(), device=v.device)
-        grad_geo = _pair_csr(crow, p_idx, torch.ones_like(v), v.numel()) @ per_pair
+        sums = (_pair_csr(crow, p_idx, torch.ones_like(v), v.numel()) @ cols).unbind(-1)  # 6 x [B*N]
+        a2 = 1.0 / (1.0 - rho * rho)
+        ax, ay = a2 / sx, a2 / sy
+        grad_geo = torch.stack(
+            (ax * sums[1], ay * sums[3], a2 * (sums[4] - rho * a2 * sums[5]), ax * sums[0], ay * sums[2]), dim=-1
+        )
         return grad_geo.view(B, N, 5), grad_feat.view(B, N, C), None, None, None
 
 
