@@ -201,7 +201,8 @@ def test_hist_kernel_matches_torch_twin():
     want = entropy_hist.gradient_hist_torch(r)
     assert want.shape == (2, 256) and want.dtype == torch.int32
     assert int(want[0].sum()) == 4096 and int(want[1].sum()) < 4096
-    got = entropy_hist.gradient_hist_triton(r)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the interpreter (conftest)
+    got = entropy_hist.gradient_hist_triton(r.to(dev)).cpu()
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
