@@ -20,7 +20,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="time budget: checkpoint, export and stop after this many minutes")
-    p.add_argument("--tokenizer", default=None, help="texture/layout: override the config's tokenizer")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
+                   help="override mixed_precision")
+    p.add_argument("--tokenizer", default=None, help="texture: override the config's tokenizer")
     p.add_argument("--layout-from", default=None, help="texture: bundle this layout export into the generator")
 
 
@@ -54,6 +56,8 @@ def run_args(args: argparse.Namespace) -> dict:
         cfg.max_steps = args.max_steps
     if args.max_minutes is not None:
         cfg.max_minutes = args.max_minutes
+    if args.mixed_precision is not None:
+        cfg.mixed_precision = args.mixed_precision
     if args.init_from is not None:
         cfg.init_from = args.init_from
     if args.kind != "tokenizer":

@@ -38,6 +38,7 @@ class RunConfig:
     ``batch_size * processes * grad_accum``. max_steps: optimizer steps. max_minutes: wall-clock
     budget; when it runs out the run checkpoints, exports and stops. mixed_precision: ``"no"``,
     ``"bf16"`` or ``"fp16"`` (accelerate autocast). compile: ``torch.compile`` the model.
+    tf32: allow TF32 matmuls / convolutions on CUDA (fp32 runs).
     lr_warmup / lr_schedule: linear warm-up steps, then ``"constant"`` or ``"cosine"`` (to 10%).
     *_every: in optimizer steps (0 disables). keep_checkpoints: how many resumable
     checkpoints to keep. export_dtype: ``"float32"`` or ``"float16"`` for the exported EMA
@@ -57,6 +58,7 @@ class RunConfig:
     max_minutes: Optional[float] = None
     mixed_precision: str = "no"
     compile: bool = False
+    tf32: bool = True
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     log_every: int = 10
@@ -151,6 +153,10 @@ class Run:
         self.out = Path(out)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.tf32
+            torch.backends.cudnn.benchmark = True
         set_seed(cfg.seed, device_specific=True)
         self.progress = _Progress()
         self.accelerator.register_for_checkpointing(self.progress)
