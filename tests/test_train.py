@@ -277,3 +277,24 @@ def test_accelerate_launch_two_processes(one_image, tmp_path):
     state, meta = load_safetensors(tmp_path / "run" / "export" / "tokenizer.safetensors")
     GPSTokenizer(TokenizerConfig.from_dict(checkpoint_config(meta, "tokenizer"))).load_state_dict(state, strict=True)
     assert [m["step"] for m in _metrics(tmp_path / "run") if "rec" in m] == [1]
+
+
+def test_perceptual_loss_when_available():
+    pytest.importorskip("stlpips_pytorch")
+    from gpstoken.train.losses import PerceptualLoss
+
+    loss = PerceptualLoss("alex")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1).requires_grad_(True)
+    d = loss(y, x)
+    d.backward()
+    assert d.item() > 0 and loss(x, x).item() == 0 and y.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in loss.parameters()) and not loss.train().training
+
+
+def test_missing_train_dependency_is_a_clear_error(monkeypatch):
+    from gpstoken.train import require_train_deps
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    with pytest.raises(ImportError, match=r"tqdm: pip install 'gpstoken\[train\]'"):
+        require_train_deps()

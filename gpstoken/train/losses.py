@@ -78,7 +78,7 @@ def _import_stlpips():
             import torchvision  # noqa: F401
         except Exception as e:  # any failure here means: not usable
             raise ImportError(f"torchvision could not be imported ({e})") from e
-    import stlpips
+    from stlpips_pytorch import stlpips
 
     return stlpips
 
@@ -95,8 +95,10 @@ def stlpips_available() -> bool:
 class PerceptualLoss(nn.Module):
     """Shift-tolerant LPIPS (``stlpips-pytorch``; weights ship in its wheel). Frozen, eval mode.
 
-    Install (optional): ``pip install stlpips-pytorch==0.0.2`` and, where torchvision has no
-    build for this torch, ``pip install --no-deps torchvision torchsummary``.
+    Install (optional): ``pip install --no-deps stlpips-pytorch==0.0.2 torchsummary`` plus
+    ``ipython`` and torchvision (where torchvision has no build for this torch,
+    ``pip install --no-deps torchvision``: its missing ``nms`` operators are declared here
+    before it is imported, only its model definitions are used).
     """
 
     def __init__(self, net: str = "alex") -> None:
@@ -105,8 +107,9 @@ class PerceptualLoss(nn.Module):
             stlpips = _import_stlpips()
         except ImportError as e:
             raise ImportError(
-                "perceptual_weight > 0 needs the optional ST-LPIPS package: pip install stlpips-pytorch==0.0.2 "
-                "(plus `pip install --no-deps torchvision torchsummary` if torchvision is missing); "
+                "perceptual_weight > 0 needs the optional ST-LPIPS package: pip install --no-deps "
+                "stlpips-pytorch==0.0.2 torchsummary (plus ipython, and `pip install --no-deps torchvision` "
+                "if torchvision is missing); "
                 f"or set perceptual_weight to 0. ({e})"
             ) from e
         self.net = stlpips.LPIPS(net=net, variant="shift_tolerant", verbose=False).eval()
