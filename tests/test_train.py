@@ -246,13 +246,22 @@ def test_layout_and_texture_generators_train_resume_and_export(labeled_images, t
     info = checkpoint_config(meta, "generator")
     assert info["tokenizer"] == str(tiny_tokenizer_file.resolve()) and len(info["latent_mean"]) == 21
     assert info["class_names"] == ["cat", "coffee"] and len(info["layout_mean"]) == 5
-    texture = SiT(SiTConfig.from_dict(info["config"]))
+    texture = SiT(SiTConfig.from_dict(info["texture"]))
     texture.load_official_state_dict(state, strict=True)
-    lay = SiT(SiTConfig.from_dict(info["layout_config"]))
+    lay = SiT(SiTConfig.from_dict(info["layout"]))
     lay.load_state_dict({k[len("layout_model."):]: v for k, v in state.items() if k.startswith("layout_model.")})
     x = torch.randn(2, 21, 16, 1)
     out = texture(x, torch.rand(2), torch.tensor([0, 1]), torch.rand(2, 16, 5) * 0.5 + 0.1)
     assert out.shape == x.shape and torch.isfinite(out).all()
+    # the public loader pairs it with the tokenizer and samples layout -> texture -> image
+    import gpstoken
+    from gpstoken.partition import partition
+
+    gen = gpstoken.load_generator(summary["export"], device="cpu")
+    assert gen.layout_model is not None and gen.class_names == ["cat", "coffee"]
+    layout = partition(torch.zeros(1, 3, 256, 256), 16)
+    result = gen.generate("coffee", n=1, seed=0, layout=layout, steps=2, sampler="ode", progress=False)
+    assert result.images[0].size == (256, 256)
 
 
 # ----------------------------------------------------------------------------- launch

@@ -21,9 +21,10 @@ Pipeline:
    robust to generated / calibrated layouts. The layout model has ``cond_channels = 0`` and
    uses its positional embedding.
 4. **Export**: texture EMA weights under ``ema_model.`` (official format) in
-   ``export/generator.safetensors`` with the SiT config, ``latent_mean`` / ``latent_std``, the
-   paired ``tokenizer`` id and the class names in the metadata (``gpstoken.load_generator``
-   reads it). With ``layout_from`` (a layout export) its ``layout_model.`` weights and stats
+   ``export/generator.safetensors``; its config (safetensors metadata, read by
+   ``gpstoken.load_generator``) is ``{"texture": SiT config, "latent_mean", "latent_std",
+   "tokenizer": paired tokenizer id, "class_names", "n_tokens"}`` plus, when bundled,
+   ``"layout": SiT config, "layout_mean", "layout_std"``. With ``layout_from`` (a layout export) its ``layout_model.`` weights and stats
    are bundled in. The layout model alone goes to ``export/layout.safetensors``.
 """
 from __future__ import annotations
@@ -313,12 +314,12 @@ class GeneratorTrainer:
             state = {prefix + k: v.detach().to("cpu", dt).contiguous() for k, v in self.ema.model.state_dict().items()}
             info: dict[str, Any] = {"class_names": self.class_names, "n_tokens": self.sit_config.input_size[0]}
             if self.kind == "texture":
-                info.update(config=self.sit_config.to_dict(), latent_mean=self.mean.tolist(),
+                info.update(texture=self.sit_config.to_dict(), latent_mean=self.mean.tolist(),
                             latent_std=self.std.tolist(), tokenizer=self._paired_tokenizer())
                 if self.cfg.layout_from:
                     state.update(_layout_part(self.cfg.layout_from, info))
             else:
-                info.update(layout_config=self.sit_config.to_dict(), layout_mean=self.mean.tolist(),
+                info.update(layout=self.sit_config.to_dict(), layout_mean=self.mean.tolist(),
                             layout_std=self.std.tolist())
             extra = {"train_step": run.step, "cond_noise": self.cfg.cond_noise, "trained": self.kind}
             save_checkpoint(state, path, info, "generator", extra)
@@ -357,11 +358,11 @@ def _layout_part(path: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:
 
     state, file_meta = load_safetensors(path)
     layout = checkpoint_config(file_meta, "generator") or {}
-    if "layout_config" not in layout:
+    if "layout" not in layout or "texture" in layout:
         raise ValueError(f"layout_from: {path} is not a layout export of `gpstoken train layout`")
     if layout.get("n_tokens") != info["n_tokens"]:
         raise ValueError(f"layout_from: {path} makes {layout.get('n_tokens')} tokens, this model {info['n_tokens']}")
-    info.update({k: layout[k] for k in ("layout_config", "layout_mean", "layout_std")})
+    info.update({k: layout[k] for k in ("layout", "layout_mean", "layout_std")})
     part = {k: v for k, v in state.items() if k.startswith("layout_model.")}
     if not part:
         raise ValueError(f"layout_from: {path} holds no layout_model.* weights")
