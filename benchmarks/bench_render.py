@@ -54,6 +54,13 @@ def fwd_bwd(geo: torch.Tensor, feat: torch.Tensor, size: tuple[int, int], backen
     return out.detach(), g.grad, f.grad
 
 
+def differences(ref, got) -> tuple[float, float]:
+    """(max |diff| of the output, max over the two gradients of max |diff| / max |ref|)."""
+    out = (ref[0] - got[0]).abs().max().item()
+    grads = max(((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item() for a, b in zip(ref[1:], got[1:]))
+    return out, grads
+
+
 def timed_pair(fn_a, fn_b, reps: int, sync) -> tuple[float, float]:
     """Best-of-``reps`` wall times (ms) of two functions, interleaved so that load from other
     processes affects both alike."""
@@ -78,9 +85,9 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     print(f"render forward+backward, best of {args.reps} (ms); CPU threads {args.threads}"
           + (f"; GPU {torch.cuda.get_device_name()}" if cuda else ""))
-    head = f"{'B':>3} {'N':>4} {'h x w':>9} {'C':>3} | {'dense':>9} {'culled':>9} {'speed-up':>8} {'max|diff|':>9}"
+    head = f"{'B':>3} {'N':>4} {'h x w':>9} {'C':>3} | {'dense':>9} {'culled':>9} {'speed-up':>8} {'out diff':>8} {'grad rel':>8}"
     if cuda:
-        head += f" | {'cuda dense':>10} {'triton':>8} {'speed-up':>8} {'max|diff|':>9}"
+        head += f" | {'cuda dense':>10} {'triton':>8} {'speed-up':>8} {'out diff':>8} {'grad rel':>8}"
     print(head)
     print("-" * len(head))
     for B, N, h, w, C in CASES:
@@ -88,25 +95,25 @@ def main() -> None:
         grad = torch.randn(B, C, h, w, generator=torch.Generator().manual_seed(1))
         ref = fwd_bwd(geo, feat, (h, w), "dense", grad)
         got = fwd_bwd(geo, feat, (h, w), "torch", grad)
-        diff = max((a - b).abs().max().item() for a, b in zip(ref, got))
+        d_out, d_grad = differences(ref, got)
         t_dense, t_cull = timed_pair(
             lambda: fwd_bwd(geo, feat, (h, w), "dense", grad), lambda: fwd_bwd(geo, feat, (h, w), "torch", grad),
             args.reps, lambda: None,
         )
-        row = f"{B:>3} {N:>4} {f'{h}x{w}':>9} {C:>3} | {t_dense:>9.2f} {t_cull:>9.2f} {t_dense / t_cull:>7.1f}x {diff:>9.1e}"
+        row = f"{B:>3} {N:>4} {f'{h}x{w}':>9} {C:>3} | {t_dense:>9.2f} {t_cull:>9.2f} {t_dense / t_cull:>7.1f}x {d_out:>8.1e} {d_grad:>8.1e}"
         if cuda:
             gc, fc, gradc = geo.cuda(), feat.cuda(), grad.cuda()
             refc = fwd_bwd(gc, fc, (h, w), "dense", gradc)
             gotc = fwd_bwd(gc, fc, (h, w), "triton", gradc)
-            diffc = max((a - b).abs().max().item() for a, b in zip(refc, gotc))
+            dc_out, dc_grad = differences(refc, gotc)
             sync = torch.cuda.synchronize
             td, tt = timed_pair(
                 lambda: fwd_bwd(gc, fc, (h, w), "dense", gradc), lambda: fwd_bwd(gc, fc, (h, w), "triton", gradc),
                 args.reps, sync,
             )
-            row += f" | {td:>10.3f} {tt:>8.3f} {td / tt:>7.1f}x {diffc:>9.1e}"
+            row += f" | {td:>10.3f} {tt:>8.3f} {td / tt:>7.1f}x {dc_out:>8.1e} {dc_grad:>8.1e}"
         print(row)
-    print("max|diff| = largest absolute difference over output, grad geometry and grad features vs dense.")
+    print("out diff = max |out - dense|; grad rel = max over grad geometry / grad features of max|diff| / max|dense grad|.")
 
 
 if __name__ == "__main__":
