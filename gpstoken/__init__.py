@@ -5,23 +5,28 @@
 >>> img2 = gpstoken.decode(tokens)
 >>> images = gpstoken.generate(class_id=3, n=4, seed=0)
 
-Public names are imported lazily on first use, so ``import gpstoken`` is cheap.
+The model-level names are imported lazily on first use.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
+# ``partition`` and ``render`` are also submodule names: importing a submodule binds its name
+# on the package, so these two functions are bound eagerly (after their modules load) to keep
+# ``gpstoken.partition(...)`` and ``gpstoken.render(...)`` callable.
+from .partition import partition  # noqa: E402
+from .render import render  # noqa: E402
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "encode": "api", "decode": "api", "reconstruct": "api", "edit_layout": "api", "generate": "api",
-    "partition": "partition", "render": "render",
     "Layout": "layout", "calibrate": "layout", "GPSTokens": "tokens",
     "Tokenizer": "pipeline", "Generator": "pipeline", "load_tokenizer": "pipeline", "load_generator": "pipeline",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "partition", "render"])
 
 
 def __getattr__(name: str) -> Any:

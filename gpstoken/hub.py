@@ -210,8 +210,15 @@ def _atomic_save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, m
 
 
 def _is_pickle(path: Path) -> bool:
+    """True for a torch zip checkpoint or a raw pickle (protocol >= 2 starts with 0x80).
+
+    A safetensors file starts with an 8-byte little-endian header length followed by ``{``;
+    its first byte can be 0x80 too, so that header is recognised first.
+    """
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return False
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 

@@ -183,6 +183,7 @@ class Generator:
                 g = sample(lambda x, t: self.layout_model(x, t, y), noise, method="heun", steps=steps,
                            progress=progress)
             g = g[..., 0].transpose(1, 2) * std + mean  # [n, N, 5]
+            g = torch.cat([g[..., :2].clamp(*SIGMA_RANGE), g[..., 2:3].clamp(-RHO_LIMIT, RHO_LIMIT), g[..., 3:]], -1)
             return calibrate(_layout_from_geometry(g))
         if self.layout_bank is not None:
             g = self.layout_bank.sample(class_id, n, generator=generator)

@@ -238,3 +238,17 @@ def test_convert_nested_and_ambiguous(tmp_path):
     assert hub.load_safetensors(tmp_path / "s.safetensors")[0]["b"].tolist() == [0.0, 1.0, 2.0]
     with pytest.raises(hub.CheckpointNotFoundError):
         hub.convert_checkpoint(tmp_path / "none.pt", tmp_path / "x.safetensors", trust=True)
+
+
+def test_safetensors_header_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    """A safetensors header length whose low byte is 0x80 must still load (regression)."""
+    from safetensors.torch import save_file
+
+    for n in range(1, 400):
+        path = tmp_path / "w.safetensors"
+        save_file({"k" * n: torch.zeros(1)}, str(path))
+        if path.read_bytes()[:1] == b"\x80":
+            state, _ = hub.load_safetensors(path)
+            assert list(state) == ["k" * n]
+            return
+    raise AssertionError("no header length with a 0x80 first byte was produced")

@@ -70,16 +70,19 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> 
         raise ValueError(f"boxes: expected [R,5] (batch, x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
     n_img, chans, height, width = features.shape
     n_box, out = boxes.shape[0], output_size
-    table = features.permute(0, 2, 3, 1).reshape(n_img * height * width, chans)
+    # sampling geometry and the weighted sum run in float32 (float64 for float64 features), so
+    # half-precision features under autocast neither round the sample positions nor mix dtypes
+    work = torch.float64 if features.dtype == torch.float64 else torch.float32
+    table = features.permute(0, 2, 3, 1).reshape(n_img * height * width, chans).to(work)
 
     with torch.no_grad():
-        bx = boxes.detach().to(features.dtype)
+        bx = boxes.detach().to(work)
         batch = bx[:, 0].long()
         x0, y0 = bx[:, 1] - 0.5, bx[:, 2] - 0.5
         bin_w, bin_h = (bx[:, 3] - 0.5 - x0) / out, (bx[:, 4] - 0.5 - y0) / out
         gw = torch.ceil(bin_w).long().clamp(min=0)
         gh = torch.ceil(bin_h).long().clamp(min=0)
-        inv_count = 1.0 / (gh * gw).clamp(min=1).to(features.dtype)
+        inv_count = 1.0 / (gh * gw).clamp(min=1).to(work)
 
         ylo, yhi, wylo, wyhi = _axis_samples(y0, bin_h, gh, out, height)
         xlo, xhi, wxlo, wxhi = _axis_samples(x0, bin_w, gw, out, width)
@@ -106,4 +109,4 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int) -> 
         offsets = torch.cumsum(per_bag.repeat_interleave(out * out), 0) - per_bag.repeat_interleave(out * out)
 
     pooled = F.embedding_bag(index, table, offsets, mode="sum", per_sample_weights=weight)
-    return pooled.view(n_box, out, out, chans).permute(0, 3, 1, 2)
+    return pooled.view(n_box, out, out, chans).permute(0, 3, 1, 2).to(features.dtype)
