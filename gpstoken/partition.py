@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from gpstoken.images import PATCH, fold_patches, pad_to_patches, to_tensor
-from gpstoken.kernels.entropy_hist import gradient_hist
+from gpstoken.kernels.entropy_hist import HALF_BINS, gradient_hist
 from gpstoken.layout import Layout
 
 RESIZE = 64
@@ -81,6 +81,200 @@ def _resize(blocks: torch.Tensor) -> torch.Tensor:
     return _lerp32(t.index_select(1, j0), t.index_select(1, j1), b[:, None])
 
 
+# ---- fast CPU histogram: float32 estimate + exact recomputation near bin edges ----------
+#
+# The magnitude histogram only needs each pixel's bin. In real arithmetic the resize and the
+# Sobel filter are linear maps, so ``gx = (Sy Uy) X (Dx Ux)^T`` and ``gy = (Dy Uy) X (Sx Ux)^T``
+# (``U`` resize matrices, ``D``/``S`` the Sobel difference/smoothing with replicated borders).
+# We evaluate these maps in float32 (cheap, vectorised over all cells of a group) and get
+# ``t = magnitude * 512 / 11`` in bin units: the exact bin is ``floor(t_exact)``.
+#
+# Error bound (u = 2**-24, every value in [0, M]): the official float32 resize rounds twice
+# per pass (difference and fma), so its pixels are within 4uM of the real resize; the Sobel
+# taps sum to 8 in absolute value, so the exact gx, gy are within 32uM of the real ones. Our
+# float32 evaluation (3 taps per pass, partial sums below 16M) is within about 100uM. So
+# ``|t_float32 - t_exact| <= 46.5 * sqrt(2) * 132uM + (rounding of t ~ 300u) < 6e-4 * M + 2e-5``.
+# A pixel whose estimate is farther than ``_MARGIN * max(M, 1)`` (twice that bound) from every
+# integer has a certain bin; the few others are recomputed with the exact float64 procedure
+# (``_exact_bins``), which repeats the official operations on their 3x3 neighbourhood.
+# t = 0 is not an issue: t >= 0, so bin 0 has no lower edge to cross.
+_MARGIN = 1.5e-3
+_T_SCALE = 512.0 / 11.0
+_FAST_CHUNK = 64  # cells per fast batch: 64 x 4096 float32 = 1 MiB per buffer (fits in L2)
+
+
+def _axis_matrices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real-arithmetic ``(D @ U, S @ U)`` for one axis ``n -> 64`` (``64 x n`` float64 each)."""
+    i0, i1, wt = (t.cpu().numpy() for t in _resize_coefficients(n, "cpu"))
+    u = np.zeros((RESIZE, n))
+    for d in range(RESIZE):
+        u[d, i0[d]] += 1.0 - wt[d]
+        u[d, i1[d]] += wt[d]
+    lo = np.maximum(np.arange(RESIZE) - 1, 0)
+    hi = np.minimum(np.arange(RESIZE) + 1, RESIZE - 1)
+    return u[hi] - u[lo], (u[lo] + 2.0 * u[np.arange(RESIZE)]) + u[hi]
+
+
+class _AxisOp:
+    """A ``64 x n`` linear map applied along one axis of a replicate-padded (``n + 2``) source.
+
+    When the map is polyphase (output ``s*m + p`` = the same 3 taps of padded inputs
+    ``m..m+2`` for every ``m``; true for ``n`` dividing 64, i.e. every cell of a 256 patch),
+    it is applied with ``3 * s`` strided multiply-adds and the output is stored phase-major
+    (slot ``p*n + m`` holds output ``s*m + p``); ``perm[slot]`` gives the true index. Any
+    other size uses a dense matrix product (output in natural order).
+    """
+
+    def __init__(self, m: np.ndarray, scale: float):
+        n = m.shape[1]
+        self.n = n
+        pad = np.zeros((n + 2, n))  # replicate padding as a matrix: padded = pad @ x
+        pad[np.arange(n) + 1, np.arange(n)] = 1.0
+        pad[0, 0] = pad[n + 1, n - 1] = 1.0
+        self.taps: list[list[tuple[int, float]]] | None = None
+        self.perm = np.arange(RESIZE)
+        if RESIZE % n == 0 and n >= 3:
+            s = RESIZE // n
+            mid = n // 2
+            ker = m[s * mid:s * mid + s, mid - 1:mid + 2]  # [s, 3] taps of an interior output
+            mp = np.zeros((RESIZE, n + 2))
+            for q in range(n):
+                mp[s * q:s * q + s, q:q + 3] = ker
+            if np.array_equal(mp @ pad, m):
+                self.taps = [[(k, float(ker[p, k] * scale)) for k in range(3) if ker[p, k] != 0]
+                             for p in range(s)]
+                self.perm = np.array([s * q + p for p in range(s) for q in range(n)])
+        if self.taps is None:
+            mp = np.zeros((RESIZE, n + 2))
+            mp[:, 1:n + 1] = m
+            self.dense = torch.from_numpy(mp * scale).float()
+
+    def apply(self, x: torch.Tensor, dim: int, out: torch.Tensor) -> torch.Tensor:
+        """``x`` with ``n + 2`` entries along ``dim`` (1 or 2 of a 3-d tensor) -> ``out`` with 64."""
+        if self.taps is None:
+            if dim == 2:
+                return torch.matmul(x, self.dense.t(), out=out)
+            return torch.matmul(self.dense, x, out=out)
+        n = self.n
+        shape = list(out.shape)
+        ov = out.view(shape[:dim] + [len(self.taps), n] + shape[dim + 1:])
+        for p, taps in enumerate(self.taps):
+            dst = ov.select(dim, p)
+            (k0, c0), rest = taps[0], taps[1:]
+            torch.mul(x.narrow(dim, k0, n), c0, out=dst)
+            for k, c in rest:
+                dst.add_(x.narrow(dim, k, n), alpha=c)
+        return out
+
+
+@lru_cache(maxsize=None)
+def _axis_ops(n: int, last: bool) -> tuple[_AxisOp, _AxisOp]:
+    """(difference, smoothing) maps for an axis of ``min(n, 64)`` source pixels.
+
+    Axes longer than 64 are first resized exactly (see ``_fast_counts``) and then use the
+    identity resize. ``last``: the pass that produces gx, gy carries the ``512/11`` scale.
+    """
+    d, s = _axis_matrices(min(n, RESIZE))
+    scale = _T_SCALE if last else 1.0
+    return _AxisOp(d, scale), _AxisOp(s, scale)
+
+
+def _exact_resize_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Exact official resize pass along ``dim`` (1 rows, 2 columns) of float32 ``[K,h,w]``."""
+    i0, i1, t = _resize_coefficients(x.shape[dim], str(x.device))
+    if dim == 1:
+        t = t[:, None]
+    return _lerp32(x.index_select(dim, i0), x.index_select(dim, i1), t)
+
+
+def _exact_bins(blocks: torch.Tensor, cell: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Exact upper-half bin (256 = above 5.5) of resized pixels ``(i, j)`` of cells ``cell``.
+
+    Repeats the official computation on the 3x3 neighbourhood only: the resize (columns
+    then rows, float32 fma each), Sobel in float64 with replicated borders and the same
+    operation order as :func:`gpstoken.kernels.entropy_hist.gradient_hist_torch`, and its
+    exact binning. Every step is elementwise IEEE arithmetic, so the result is bit-identical.
+    """
+    _, h, w = blocks.shape
+    c0, c1, ca = _resize_coefficients(w, "cpu")
+    r0, r1, rb = _resize_coefficients(h, "cpu")
+    off = torch.tensor([-1, 0, 1])
+    ii = (i[:, None] + off).clamp_(0, RESIZE - 1)  # [N,3] up, mid, down (replicated border)
+    jj = (j[:, None] + off).clamp_(0, RESIZE - 1)  # [N,3] left, mid, right
+    ys = torch.stack([r0[ii], r1[ii]], -1)[:, :, :, None]  # [N,3,2,1] source rows
+    k = cell[:, None, None, None]
+    a = blocks[k, ys, c0[jj][:, None, None, :]]  # [N,3,2,3]
+    b = blocks[k, ys, c1[jj][:, None, None, :]]
+    cols = _lerp32(a, b, ca[jj][:, None, None, :])  # column pass
+    r = _lerp32(cols[:, :, 0], cols[:, :, 1], rb[ii][:, :, None]).double()  # row pass [N,3,3]
+    d = r[:, :, 2] - r[:, :, 0]
+    s = (r[:, :, 0] + 2.0 * r[:, :, 1]) + r[:, :, 2]
+    gx = 2.0 * d[:, 1] + (d[:, 2] + d[:, 0])
+    gy = s[:, 2] - s[:, 0]
+    t = (gx * gx + gy * gy).sqrt() * 512.0
+    q = torch.floor(t / 11.0)
+    q -= (q * 11.0 > t).to(q.dtype)
+    q += ((q + 1.0) * 11.0 <= t).to(q.dtype)
+    q.clamp_(max=255)
+    q.masked_fill_(t > 2816.0, 256)
+    return q.to(torch.int64)
+
+
+def _fast_counts(blocks: torch.Tensor) -> torch.Tensor:
+    """CPU: ``int64 [K,256]`` upper-bin counts of float32 cells ``[K,h,w]``.
+
+    Equal to ``gradient_hist(_resize(blocks))`` (float32 estimate, exact near bin edges).
+    """
+    kk, h, w = blocks.shape
+    x = blocks
+    if w > RESIZE:
+        x = _exact_resize_axis(x, 2)
+    if h > RESIZE:
+        x = _exact_resize_axis(x, 1)
+    hd, hs = _axis_ops(w, False)
+    vd, vs = _axis_ops(h, True)
+    hh = x.shape[1]
+    xp = torch.nn.functional.pad(x[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    rows_d = hd.apply(xp, 2, torch.empty(kk, hh + 2, RESIZE))
+    rows_s = hs.apply(xp, 2, torch.empty(kk, hh + 2, RESIZE))
+    gx = vs.apply(rows_d, 1, torch.empty(kk, RESIZE, RESIZE))
+    gy = vd.apply(rows_s, 1, torch.empty(kk, RESIZE, RESIZE))
+    t = gx.mul_(gx).addcmul_(gy, gy).sqrt_().view(kk, -1)
+    margin = _MARGIN * max(1.0, float(x.abs().max()) if kk else 1.0)
+    lo = torch.sub(t, margin, out=gy.view(kk, -1)).to(torch.int32)  # trunc: -margin < t-m -> 0
+    hi = t.add_(margin).to(torch.int32)
+    unsure = (lo != hi).nonzero()
+    lo.clamp_(max=HALF_BINS)
+    lo += torch.arange(0, kk * (HALF_BINS + 1), HALF_BINS + 1, dtype=torch.int32)[:, None]
+    if unsure.numel():
+        cell, f = unsure[:, 0], unsure[:, 1]
+        rows = torch.from_numpy(vs.perm)[f // RESIZE]
+        cols = torch.from_numpy(hd.perm)[f % RESIZE]
+        lo[cell, f] = (_exact_bins(blocks, cell, rows, cols) + cell * (HALF_BINS + 1)).to(torch.int32)
+    counts = torch.bincount(lo.view(-1), minlength=kk * (HALF_BINS + 1))
+    return counts.view(kk, HALF_BINS + 1)[:, :HALF_BINS]
+
+
+def _counts(blocks: torch.Tensor) -> torch.Tensor:
+    """Upper-bin counts ``[K,256]`` of cells ``[K,h,w]``: fast path on CPU, Triton on CUDA."""
+    if blocks.is_cuda:
+        return gradient_hist(_resize(blocks)).cpu().to(torch.int64)
+    return _fast_counts(blocks)
+
+
+@lru_cache(maxsize=None)
+def _full_terms() -> torch.Tensor:
+    """``p * log2(p + 1e-10)`` for ``p = c / (4096 + 1e-5)``, ``c = 0..4096`` (float64 [4097]).
+
+    A cell whose 4096 magnitudes all lie in [0, 5.5] has total 4096, so its terms are rows
+    of this table: the same torch division and product, and libm log2, as ``_entropy``.
+    """
+    p = torch.arange(RESIZE * RESIZE + 1, dtype=torch.int64).double() / (
+        torch.tensor(float(RESIZE * RESIZE), dtype=torch.float64) + 1e-5)
+    logs = torch.tensor([math.log2(v + 1e-10) for v in p.tolist()], dtype=torch.float64)
+    return p * logs
+
+
 def _entropy(counts: torch.Tensor) -> list[float]:
     """Entropy (bits) per row of ``[K,256]`` upper-bin counts, exactly as numpy computes it.
 
@@ -90,10 +284,14 @@ def _entropy(counts: torch.Tensor) -> list[float]:
     """
     counts = counts.cpu().to(torch.int64)
     total = counts.sum(1, keepdim=True)
-    p = counts.double() / (total.double() + 1e-5)
-    uniq, inv = torch.unique(p, return_inverse=True)
-    logs = torch.tensor([math.log2(v + 1e-10) for v in uniq.tolist()], dtype=torch.float64)
-    terms = p * logs[inv]
+    full = (total[:, 0] == RESIZE * RESIZE)
+    if bool(full.all()):
+        terms = _full_terms()[counts]
+    else:
+        p = counts.double() / (total.double() + 1e-5)
+        uniq, inv = torch.unique(p, return_inverse=True)
+        logs = torch.tensor([math.log2(v + 1e-10) for v in uniq.tolist()], dtype=torch.float64)
+        terms = p * logs[inv]
     # numpy pairwise sum: blocks of 128 with 8 running accumulators, blocks added as a tree.
     r = terms.view(-1, 2, 16, 8)
     acc = r[:, :, 0]
@@ -145,7 +343,7 @@ class _Evaluator:
         for (h, w), items in groups.items():
             items = list(dict.fromkeys(items))
             blocks = self._blocks(items, h, w)
-            counts = [gradient_hist(_resize(blocks[s:s + _CHUNK])) for s in range(0, len(items), _CHUNK)]
+            counts = [_counts(blocks[s:s + _FAST_CHUNK]) for s in range(0, len(items), _FAST_CHUNK)]
             ent = _entropy(torch.cat(counts))
             for (p, cell), e in zip(items, ent):
                 c = math.pow(e, self.weight) * h * w
