@@ -89,16 +89,17 @@ def _resize(blocks: torch.Tensor) -> torch.Tensor:
 # We evaluate these maps in float32 (cheap, vectorised over all cells of a group) and get
 # ``t = magnitude * 512 / 11`` in bin units: the exact bin is ``floor(t_exact)``.
 #
-# Error bound (u = 2**-24, every value in [0, M]): the official float32 resize rounds twice
-# per pass (difference and fma), so its pixels are within 4uM of the real resize; the Sobel
-# taps sum to 8 in absolute value, so the exact gx, gy are within 32uM of the real ones. Our
-# float32 evaluation (3 taps per pass, partial sums below 16M) is within about 100uM. So
-# ``|t_float32 - t_exact| <= 46.5 * sqrt(2) * 132uM + (rounding of t ~ 300u) < 6e-4 * M + 2e-5``.
-# A pixel whose estimate is farther than ``_MARGIN * max(M, 1)`` (twice that bound) from every
-# integer has a certain bin; the few others are recomputed with the exact float64 procedure
-# (``_exact_bins``), which repeats the official operations on their 3x3 neighbourhood.
+# Error bound (u = 2**-24, |values| <= M): each official float32 resize pass rounds the
+# difference (relative u, difference <= 2M) and the fma (u * M), so the official resized pixels
+# are within 6uM of the real resize, and its gx, gy (Sobel taps sum to 8 in absolute value)
+# within 48uM. Our float32 passes (3 taps each, coefficient sums <= 2 for a difference and <= 4
+# for a smoothing, partial sums <= 8M) are within another ~50uM, so
+# ``|t_float32 - t_exact| <= 46.5 * sqrt(2) * 100uM + (rounding of t, < 200u) < 4.5e-4 * M``
+# for M >= 1. A pixel whose estimate is farther than ``_MARGIN * max(M, 1)`` from every integer
+# has a certain bin (measured error on photos: ~3e-5); the others (~0.1%) are recomputed with
+# the exact float64 procedure (``_exact_bins``) on their 3x3 neighbourhood.
 # t = 0 is not an issue: t >= 0, so bin 0 has no lower edge to cross.
-_MARGIN = 1.5e-3
+_MARGIN = 6e-4
 _T_SCALE = 512.0 / 11.0
 _FAST_CHUNK = 64  # cells per fast batch: 64 x 4096 float32 = 1 MiB per buffer (fits in L2)
 
@@ -120,7 +121,7 @@ class _AxisOp:
 
     When the map is polyphase (output ``s*m + p`` = the same 3 taps of padded inputs
     ``m..m+2`` for every ``m``; true for ``n`` dividing 64, i.e. every cell of a 256 patch),
-    it is applied with ``3 * s`` strided multiply-adds and the output is stored phase-major
+    it is applied with one broadcast multiply-add per tap and the output is stored phase-major
     (slot ``p*n + m`` holds output ``s*m + p``); ``perm[slot]`` gives the true index. Any
     other size uses a dense matrix product (output in natural order).
     """
@@ -131,7 +132,7 @@ class _AxisOp:
         pad = np.zeros((n + 2, n))  # replicate padding as a matrix: padded = pad @ x
         pad[np.arange(n) + 1, np.arange(n)] = 1.0
         pad[0, 0] = pad[n + 1, n - 1] = 1.0
-        self.taps: list[list[tuple[int, float]]] | None = None
+        self.taps: list[tuple[int, torch.Tensor]] | None = None
         self.perm = np.arange(RESIZE)
         if RESIZE % n == 0 and n >= 3:
             s = RESIZE // n
@@ -141,8 +142,9 @@ class _AxisOp:
             for q in range(n):
                 mp[s * q:s * q + s, q:q + 3] = ker
             if np.array_equal(mp @ pad, m):
-                self.taps = [[(k, float(ker[p, k] * scale)) for k in range(3) if ker[p, k] != 0]
-                             for p in range(s)]
+                # taps[k]: coefficient of padded input m + k for each phase, float32 [s, 1]
+                self.taps = [(k, torch.from_numpy(ker[:, k] * scale).float()[:, None])
+                             for k in range(3) if ker[:, k].any()]
                 self.perm = np.array([s * q + p for p in range(s) for q in range(n)])
         if self.taps is None:
             mp = np.zeros((RESIZE, n + 2))
@@ -156,14 +158,18 @@ class _AxisOp:
                 return torch.matmul(x, self.dense.t(), out=out)
             return torch.matmul(self.dense, x, out=out)
         n = self.n
-        shape = list(out.shape)
-        ov = out.view(shape[:dim] + [len(self.taps), n] + shape[dim + 1:])
-        for p, taps in enumerate(self.taps):
-            dst = ov.select(dim, p)
-            (k0, c0), rest = taps[0], taps[1:]
-            torch.mul(x.narrow(dim, k0, n), c0, out=dst)
+        s = RESIZE // n
+        (k0, c0), rest = self.taps[0], self.taps[1:]
+        if dim == 2:  # x [K,R,n+2] -> out [K,R,64] viewed [K,R,s,n]; one broadcast op per tap
+            ov = out.view(out.shape[0], out.shape[1], s, n)
+            torch.mul(x[:, :, None, k0:k0 + n], c0, out=ov)
             for k, c in rest:
-                dst.add_(x.narrow(dim, k, n), alpha=c)
+                ov.addcmul_(x[:, :, None, k:k + n], c)
+        else:  # x [K,n+2,64] -> out [K,64,64] viewed [K,s,n,64]
+            ov = out.view(out.shape[0], s, n, out.shape[2])
+            torch.mul(x[:, None, k0:k0 + n], c0[:, :, None], out=ov)
+            for k, c in rest:
+                ov.addcmul_(x[:, None, k:k + n], c[:, :, None])
         return out
 
 
@@ -220,46 +226,96 @@ def _exact_bins(blocks: torch.Tensor, cell: torch.Tensor, i: torch.Tensor, j: to
     return q.to(torch.int64)
 
 
-def _fast_counts(blocks: torch.Tensor) -> torch.Tensor:
-    """CPU: ``int64 [K,256]`` upper-bin counts of float32 cells ``[K,h,w]``.
+class _Workspace:
+    """Reusable float32/int32 buffers (fresh multi-MiB tensors cost page faults every call)."""
 
-    Equal to ``gradient_hist(_resize(blocks))`` (float32 estimate, exact near bin edges).
+    def __init__(self):
+        self.bufs: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        n = math.prod(shape)
+        key = (name, dtype)
+        buf = self.bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self.bufs[key] = torch.empty(n, dtype=dtype)
+        return buf[:n].view(shape)
+
+
+def _pad_replicate(x: torch.Tensor) -> torch.Tensor:
+    """``[K,h,w]`` -> ``[K,h+2,w+2]`` with the border pixels repeated."""
+    xp = torch.empty(x.shape[0], x.shape[1] + 2, x.shape[2] + 2, dtype=x.dtype)
+    xp[:, 1:-1, 1:-1] = x
+    xp[:, 1:-1, 0] = x[:, :, 0]
+    xp[:, 1:-1, -1] = x[:, :, -1]
+    xp[:, 0] = xp[:, 1]
+    xp[:, -1] = xp[:, -2]
+    return xp
+
+
+def _fast_keys(xp: torch.Tensor, margin: float, ws: _Workspace, keys: torch.Tensor) -> torch.Tensor:
+    """Approximate bins of padded float32 cells ``xp [K,h+2,w+2]`` (``h, w <= 64``).
+
+    Writes ``keys [K,4096]`` int32 = bin (0..256, 256 = above 5.5) of every resized pixel, in
+    the phase-major pixel order of the axis maps; returns ``[N,2]`` (cell, slot) of the pixels
+    whose bin is not certain.
     """
+    kk, h, w = xp.shape[0], xp.shape[1] - 2, xp.shape[2] - 2
+    hd, hs = _axis_ops(w, False)
+    vd, vs = _axis_ops(h, True)
+    rows_d = hd.apply(xp, 2, ws.get("rows_d", (kk, h + 2, RESIZE)))
+    rows_s = hs.apply(xp, 2, ws.get("rows_s", (kk, h + 2, RESIZE)))
+    gx = vs.apply(rows_d, 1, ws.get("gx", (kk, RESIZE, RESIZE)))
+    gy = vd.apply(rows_s, 1, ws.get("gy", (kk, RESIZE, RESIZE)))
+    t = gx.mul_(gx).addcmul_(gy, gy).sqrt_().view(kk, -1)
+    lo = torch.sub(t, margin, out=gy.view(kk, -1))
+    keys.copy_(lo)  # float -> int truncates: the bin of t - margin (0 for -margin < t - margin < 0)
+    hi = ws.get("hi", (kk, RESIZE * RESIZE), torch.int32).copy_(t.add_(margin))
+    ne = torch.ne(keys, hi, out=ws.get("ne", (kk, RESIZE * RESIZE), torch.bool))
+    keys.clamp_(max=HALF_BINS)
+    # Uncertain pixels are rare: find the nonzero 8-byte words first, then the bytes in them.
+    words = ne.view(torch.uint8).view(kk, -1, 8).view(torch.int64)[..., 0].nonzero()
+    if not words.numel():
+        return words
+    hit = ne.view(kk, -1, 8)[words[:, 0], words[:, 1]].nonzero()
+    word = words[hit[:, 0]]
+    return torch.stack([word[:, 0], word[:, 1] * 8 + hit[:, 1]], 1)
+
+
+def _fast_counts(blocks: torch.Tensor, ws: _Workspace | None = None) -> torch.Tensor:
+    """CPU: ``int64 [K,256]`` upper-bin counts of float32 cells ``blocks [K,h,w]``.
+
+    Equal to ``gradient_hist(_resize(blocks))``: float32 estimate of every pixel's bin (in
+    chunks of ``_FAST_CHUNK`` cells), exact recomputation of the uncertain ones.
+    """
+    ws = ws or _Workspace()
     kk, h, w = blocks.shape
     x = blocks
-    if w > RESIZE:
+    if w > RESIZE:  # long axes: the exact official resize pass first (cheap, few such cells)
         x = _exact_resize_axis(x, 2)
     if h > RESIZE:
         x = _exact_resize_axis(x, 1)
-    hd, hs = _axis_ops(w, False)
-    vd, vs = _axis_ops(h, True)
-    hh = x.shape[1]
-    xp = torch.nn.functional.pad(x[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-    rows_d = hd.apply(xp, 2, torch.empty(kk, hh + 2, RESIZE))
-    rows_s = hs.apply(xp, 2, torch.empty(kk, hh + 2, RESIZE))
-    gx = vs.apply(rows_d, 1, torch.empty(kk, RESIZE, RESIZE))
-    gy = vd.apply(rows_s, 1, torch.empty(kk, RESIZE, RESIZE))
-    t = gx.mul_(gx).addcmul_(gy, gy).sqrt_().view(kk, -1)
     margin = _MARGIN * max(1.0, float(x.abs().max()) if kk else 1.0)
-    lo = torch.sub(t, margin, out=gy.view(kk, -1)).to(torch.int32)  # trunc: -margin < t-m -> 0
-    hi = t.add_(margin).to(torch.int32)
-    unsure = (lo != hi).nonzero()
-    lo.clamp_(max=HALF_BINS)
-    lo += torch.arange(0, kk * (HALF_BINS + 1), HALF_BINS + 1, dtype=torch.int32)[:, None]
+    xp = _pad_replicate(x)
+    keys = torch.empty(kk, RESIZE * RESIZE, dtype=torch.int32)
+    unsure = [_fast_keys(xp[s:s + _FAST_CHUNK], margin, ws, keys[s:s + _FAST_CHUNK]) + torch.tensor([s, 0])
+              for s in range(0, kk, _FAST_CHUNK)]
+    unsure = torch.cat(unsure) if unsure else torch.zeros(0, 2, dtype=torch.int64)
     if unsure.numel():
         cell, f = unsure[:, 0], unsure[:, 1]
-        rows = torch.from_numpy(vs.perm)[f // RESIZE]
-        cols = torch.from_numpy(hd.perm)[f % RESIZE]
-        lo[cell, f] = (_exact_bins(blocks, cell, rows, cols) + cell * (HALF_BINS + 1)).to(torch.int32)
-    counts = torch.bincount(lo.view(-1), minlength=kk * (HALF_BINS + 1))
+        rows = torch.from_numpy(_axis_ops(h, True)[1].perm)[f // RESIZE]
+        cols = torch.from_numpy(_axis_ops(w, False)[0].perm)[f % RESIZE]
+        keys[cell, f] = _exact_bins(blocks, cell, rows, cols).to(torch.int32)
+    keys += torch.arange(0, kk * (HALF_BINS + 1), HALF_BINS + 1, dtype=torch.int32)[:, None]
+    counts = torch.bincount(keys.view(-1), minlength=kk * (HALF_BINS + 1))
     return counts.view(kk, HALF_BINS + 1)[:, :HALF_BINS]
 
 
-def _counts(blocks: torch.Tensor) -> torch.Tensor:
-    """Upper-bin counts ``[K,256]`` of cells ``[K,h,w]``: fast path on CPU, Triton on CUDA."""
+def _counts(blocks: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+    """Upper-bin counts ``int64 [K,256]`` of cells ``[K,h,w]``: fast path on CPU, Triton on CUDA."""
     if blocks.is_cuda:
-        return gradient_hist(_resize(blocks)).cpu().to(torch.int64)
-    return _fast_counts(blocks)
+        return torch.cat([gradient_hist(_resize(blocks[s:s + _CHUNK])).cpu().to(torch.int64)
+                          for s in range(0, blocks.shape[0], _CHUNK)])
+    return _fast_counts(blocks, ws)
 
 
 @lru_cache(maxsize=None)
@@ -309,6 +365,7 @@ class _Evaluator:
         # grey: float32 [P,H,W]; bias: float64 [P,H,W] (already quantized) or None
         self.v = (grey + 1.0) / 2.0
         self.tiles: dict[tuple[int, int], torch.Tensor] = {}
+        self.ws = _Workspace()
         self.weight = weight
         self.cache: list[dict[Cell, float]] = [{} for _ in range(grey.shape[0])]
         self.integral = None
@@ -343,8 +400,7 @@ class _Evaluator:
         for (h, w), items in groups.items():
             items = list(dict.fromkeys(items))
             blocks = self._blocks(items, h, w)
-            counts = [_counts(blocks[s:s + _FAST_CHUNK]) for s in range(0, len(items), _FAST_CHUNK)]
-            ent = _entropy(torch.cat(counts))
+            ent = _entropy(_counts(blocks, self.ws))
             for (p, cell), e in zip(items, ent):
                 c = math.pow(e, self.weight) * h * w
                 if self.integral is not None:
