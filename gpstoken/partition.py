@@ -193,26 +193,35 @@ def _exact_resize_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
     return _lerp32(x.index_select(dim, i0), x.index_select(dim, i1), t)
 
 
-def _exact_bins(blocks: torch.Tensor, cell: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """Exact upper-half bin (256 = above 5.5) of resized pixels ``(i, j)`` of cells ``cell``.
-
-    Repeats the official computation on the 3x3 neighbourhood only: the resize (columns
-    then rows, float32 fma each), Sobel in float64 with replicated borders and the same
-    operation order as :func:`gpstoken.kernels.entropy_hist.gradient_hist_torch`, and its
-    exact binning. Every step is elementwise IEEE arithmetic, so the result is bit-identical.
-    """
+def _exact_inputs(blocks: torch.Tensor, cell: torch.Tensor, i: torch.Tensor,
+                  j: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Source pixels and weights the official resize uses for the 3x3 neighbourhood of resized
+    pixels ``(i, j)`` of cells ``cell``: ``a, b`` float32 ``[N,3,2,3]`` (row up/mid/down, its two
+    source rows, column left/mid/right; ``a`` first and ``b`` second source column), column
+    weights float64 ``[N,1,1,3]`` and row weights ``[N,3,1]``. Replicated borders: clamped."""
     _, h, w = blocks.shape
     c0, c1, ca = _resize_coefficients(w, "cpu")
     r0, r1, rb = _resize_coefficients(h, "cpu")
     off = torch.tensor([-1, 0, 1])
-    ii = (i[:, None] + off).clamp_(0, RESIZE - 1)  # [N,3] up, mid, down (replicated border)
+    ii = (i[:, None] + off).clamp_(0, RESIZE - 1)  # [N,3] up, mid, down
     jj = (j[:, None] + off).clamp_(0, RESIZE - 1)  # [N,3] left, mid, right
     ys = torch.stack([r0[ii], r1[ii]], -1)[:, :, :, None]  # [N,3,2,1] source rows
     k = cell[:, None, None, None]
-    a = blocks[k, ys, c0[jj][:, None, None, :]]  # [N,3,2,3]
+    a = blocks[k, ys, c0[jj][:, None, None, :]]
     b = blocks[k, ys, c1[jj][:, None, None, :]]
-    cols = _lerp32(a, b, ca[jj][:, None, None, :])  # column pass
-    r = _lerp32(cols[:, :, 0], cols[:, :, 1], rb[ii][:, :, None]).double()  # row pass [N,3,3]
+    return a, b, ca[jj][:, None, None, :], rb[ii][:, :, None]
+
+
+def _exact_from_inputs(a: torch.Tensor, b: torch.Tensor, ca: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
+    """Exact upper-half bin (0..255, 256 = above 5.5) from :func:`_exact_inputs`.
+
+    Repeats the official computation on the 3x3 neighbourhood only: the resize (columns then
+    rows, float32 fma each, as :func:`_resize`), Sobel in float64 with the operation order of
+    :func:`gpstoken.kernels.entropy_hist.gradient_hist_torch`, and its exact binning. Every
+    step is elementwise IEEE arithmetic, so the result is bit-identical.
+    """
+    cols = _lerp32(a, b, ca)  # column pass [N,3,2,3]
+    r = _lerp32(cols[:, :, 0], cols[:, :, 1], rb).double()  # row pass [N,3,3]
     d = r[:, :, 2] - r[:, :, 0]
     s = (r[:, :, 0] + 2.0 * r[:, :, 1]) + r[:, :, 2]
     gx = 2.0 * d[:, 1] + (d[:, 2] + d[:, 0])
@@ -224,6 +233,11 @@ def _exact_bins(blocks: torch.Tensor, cell: torch.Tensor, i: torch.Tensor, j: to
     q.clamp_(max=255)
     q.masked_fill_(t > 2816.0, 256)
     return q.to(torch.int64)
+
+
+def _exact_bins(blocks: torch.Tensor, cell: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Exact bin of resized pixels ``(i, j)`` (row, column) of cells ``blocks[cell]``."""
+    return _exact_from_inputs(*_exact_inputs(blocks, cell, i, j))
 
 
 class _Workspace:
@@ -281,41 +295,48 @@ def _fast_keys(xp: torch.Tensor, margin: float, ws: _Workspace, keys: torch.Tens
     return torch.stack([word[:, 0], word[:, 1] * 8 + hit[:, 1]], 1)
 
 
-def _fast_counts(blocks: torch.Tensor, ws: _Workspace | None = None) -> torch.Tensor:
-    """CPU: ``int64 [K,256]`` upper-bin counts of float32 cells ``blocks [K,h,w]``.
+def _value_bound(v: torch.Tensor) -> float:
+    """The ``M`` of the error bound: resized values are convex combinations of ``v``."""
+    return max(1.0, float(v.abs().max())) if v.numel() else 1.0
 
-    Equal to ``gradient_hist(_resize(blocks))``: float32 estimate of every pixel's bin (in
-    chunks of ``_FAST_CHUNK`` cells), exact recomputation of the uncertain ones.
+
+def _fast_counts(groups: list[torch.Tensor], margin: float, ws: _Workspace | None = None) -> torch.Tensor:
+    """CPU: ``int64 [sum K,256]`` upper-bin counts of groups of float32 cells ``[K,h,w]``.
+
+    Equal to ``gradient_hist(_resize(blocks))`` per group: float32 estimate of every pixel's
+    bin (in chunks of ``_FAST_CHUNK`` cells), then one exact recomputation of all uncertain
+    pixels and one histogram for all groups (fixed per-call costs paid once).
+    ``margin = _MARGIN * M`` with ``M`` from :func:`_value_bound` of (a superset of) the cells.
     """
     ws = ws or _Workspace()
-    kk, h, w = blocks.shape
-    x = blocks
-    if w > RESIZE:  # long axes: the exact official resize pass first (cheap, few such cells)
-        x = _exact_resize_axis(x, 2)
-    if h > RESIZE:
-        x = _exact_resize_axis(x, 1)
-    margin = _MARGIN * max(1.0, float(x.abs().max()) if kk else 1.0)
-    xp = _pad_replicate(x)
-    keys = torch.empty(kk, RESIZE * RESIZE, dtype=torch.int32)
-    unsure = [_fast_keys(xp[s:s + _FAST_CHUNK], margin, ws, keys[s:s + _FAST_CHUNK]) + torch.tensor([s, 0])
-              for s in range(0, kk, _FAST_CHUNK)]
-    unsure = torch.cat(unsure) if unsure else torch.zeros(0, 2, dtype=torch.int64)
-    if unsure.numel():
-        cell, f = unsure[:, 0], unsure[:, 1]
-        rows = torch.from_numpy(_axis_ops(h, True)[1].perm)[f // RESIZE]
-        cols = torch.from_numpy(_axis_ops(w, False)[0].perm)[f % RESIZE]
-        keys[cell, f] = _exact_bins(blocks, cell, rows, cols).to(torch.int32)
-    keys += torch.arange(0, kk * (HALF_BINS + 1), HALF_BINS + 1, dtype=torch.int32)[:, None]
-    counts = torch.bincount(keys.view(-1), minlength=kk * (HALF_BINS + 1))
-    return counts.view(kk, HALF_BINS + 1)[:, :HALF_BINS]
-
-
-def _counts(blocks: torch.Tensor, ws: _Workspace) -> torch.Tensor:
-    """Upper-bin counts ``int64 [K,256]`` of cells ``[K,h,w]``: fast path on CPU, Triton on CUDA."""
-    if blocks.is_cuda:
-        return torch.cat([gradient_hist(_resize(blocks[s:s + _CHUNK])).cpu().to(torch.int64)
-                          for s in range(0, blocks.shape[0], _CHUNK)])
-    return _fast_counts(blocks, ws)
+    total = sum(g.shape[0] for g in groups)
+    keys = torch.empty(total, RESIZE * RESIZE, dtype=torch.int32)
+    pending, base = [], 0
+    for blocks in groups:
+        kk, h, w = blocks.shape
+        x = blocks
+        if w > RESIZE:  # long axes: the exact official resize pass first (few such cells)
+            x = _exact_resize_axis(x, 2)
+        if h > RESIZE:
+            x = _exact_resize_axis(x, 1)
+        xp = _pad_replicate(x)
+        unsure = [_fast_keys(xp[s:s + _FAST_CHUNK], margin, ws, keys[base + s:base + min(s + _FAST_CHUNK, kk)])
+                  + torch.tensor([s, 0]) for s in range(0, kk, _FAST_CHUNK)]
+        unsure = torch.cat(unsure)
+        if unsure.numel():
+            cell, f = unsure[:, 0], unsure[:, 1]
+            rows = torch.from_numpy(_axis_ops(h, True)[1].perm)[f // RESIZE]
+            cols = torch.from_numpy(_axis_ops(w, False)[0].perm)[f % RESIZE]
+            pending.append((cell + base, f, _exact_inputs(blocks, cell, rows, cols)))
+        base += kk
+    if pending:
+        cell = torch.cat([p[0] for p in pending])
+        f = torch.cat([p[1] for p in pending])
+        inputs = [torch.cat([p[2][i] for p in pending]) for i in range(4)]
+        keys[cell, f] = _exact_from_inputs(*inputs).to(torch.int32)
+    keys += torch.arange(0, total * (HALF_BINS + 1), HALF_BINS + 1, dtype=torch.int32)[:, None]
+    counts = torch.bincount(keys.view(-1), minlength=total * (HALF_BINS + 1))
+    return counts.view(total, HALF_BINS + 1)[:, :HALF_BINS]
 
 
 @lru_cache(maxsize=None)
@@ -366,6 +387,7 @@ class _Evaluator:
         self.v = (grey + 1.0) / 2.0
         self.tiles: dict[tuple[int, int], torch.Tensor] = {}
         self.ws = _Workspace()
+        self.margin: float | None = None
         self.weight = weight
         self.cache: list[dict[Cell, float]] = [{} for _ in range(grey.shape[0])]
         self.integral = None
@@ -392,22 +414,38 @@ class _Evaluator:
         return self.v[pi[:, None, None], rows[:, :, None], cols[:, None, :]]
 
     def compute(self, requests: list[tuple[int, Cell]]) -> None:
-        """Fill the cache for ``(patch, cell)`` requests (duplicates allowed)."""
-        groups: dict[tuple[int, int], list[tuple[int, Cell]]] = {}
+        """Fill the cache for ``(patch, cell)`` requests (duplicates allowed).
+
+        All requested cells are evaluated together: one float32 pass per cell size, then one
+        exact pass, one histogram and one entropy evaluation for everything.
+        """
+        groups: dict[tuple[int, int], dict[tuple[int, Cell], None]] = {}
         for pc in requests:
             if pc[1] not in self.cache[pc[0]]:
-                groups.setdefault(pc[1][2:], []).append(pc)
-        for (h, w), items in groups.items():
-            items = list(dict.fromkeys(items))
-            blocks = self._blocks(items, h, w)
-            ent = _entropy(_counts(blocks, self.ws))
-            for (p, cell), e in zip(items, ent):
-                c = math.pow(e, self.weight) * h * w
-                if self.integral is not None:
-                    y0, x0 = cell[0], cell[1]
-                    ii = self.integral[p]
-                    c = c + float((ii[y0 + h, x0 + w] - ii[y0, x0 + w]) - (ii[y0 + h, x0] - ii[y0, x0]))
-                self.cache[p][cell] = c
+                groups.setdefault(pc[1][2:], {})[pc] = None
+        if not groups:
+            return
+        items = [list(g) for g in groups.values()]
+        blocks = [self._blocks(it, h, w) for (h, w), it in zip(groups, items)]
+        if self.v.is_cuda:
+            counts = torch.cat([gradient_hist(_resize(b[s:s + _CHUNK])).cpu().to(torch.int64)
+                                for b in blocks for s in range(0, b.shape[0], _CHUNK)])
+        else:
+            if self.margin is None:
+                self.margin = _MARGIN * _value_bound(self.v)
+            counts = _fast_counts(blocks, self.margin, self.ws)
+        ent = _entropy(counts)
+        flat = [pc for it in items for pc in it]
+        pw = [math.pow(e, self.weight) for e in ent]
+        if self.integral is not None:
+            ii = self.integral
+            p, y0, x0, h, w = (np.array(c) for c in zip(*[(q, *cell) for q, cell in flat]))
+            bias = ((ii[p, y0 + h, x0 + w] - ii[p, y0, x0 + w]) - (ii[p, y0 + h, x0] - ii[p, y0, x0])).tolist()
+            for (q, cell), e, bb in zip(flat, pw, bias):
+                self.cache[q][cell] = e * cell[2] * cell[3] + bb
+        else:
+            for (q, cell), e in zip(flat, pw):
+                self.cache[q][cell] = e * cell[2] * cell[3]
 
 
 # --------------------------------------------------------------------------- greedy loop
