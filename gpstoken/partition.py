@@ -101,7 +101,7 @@ def _resize(blocks: torch.Tensor) -> torch.Tensor:
 # t = 0 is not an issue: t >= 0, so bin 0 has no lower edge to cross.
 _MARGIN = 6e-4
 _T_SCALE = 512.0 / 11.0
-_FAST_CHUNK = 64  # cells per fast batch: 64 x 4096 float32 = 1 MiB per buffer (fits in L2)
+_FAST_CHUNK = 256  # cells per float32 batch (per-call overheads dominate below ~128)
 
 
 def _axis_matrices(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -513,21 +513,26 @@ class _PatchState:
         return [i[2] for i in rest] + [k[2] for k in kids]
 
 
+_SPEC_AREA = 64 * 64  # unknown cells at least this large are split ahead in the same round
+
+
 def _speculate(s: _PatchState, cache: dict[Cell, float], min_size: int) -> list[Cell]:
     """Cells whose children are probably needed soon.
 
     Plays the next ``n - count`` picks ahead on a copy of the heap, estimating an unknown
     child's complexity as half its parent's (half the area, similar entropy). Returns the
-    known cells picked in that play whose children are not computed yet. A wrong guess
-    costs an extra round or a few unused cells, never a wrong result.
+    cells picked in that play whose children are not computed yet: known cells, and large
+    unknown cells whose parent is returned too (their value arrives in the same round, so
+    the top levels of the tree take one round, not one per level). A wrong guess costs an
+    extra round or a few unused cells, never a wrong result.
     """
-    heap = list(s.heap)
+    heap = [(negc, seq, cell, True) for negc, seq, cell in s.heap]
     seq = s.seq
     want = []
     for _ in range(s.n - s.count):
         if not heap:
             break
-        negc, _, cell = heapq.heappop(heap)
+        negc, _, cell, ready = heapq.heappop(heap)
         first, second = _halves(cell)
         kids = first + (second or ())
         if all(k in cache for k in kids):
@@ -535,14 +540,16 @@ def _speculate(s: _PatchState, cache: dict[Cell, float], min_size: int) -> list[
                                            < min(cache[second[0]], cache[second[1]])):
                 first = second
             vals = [cache[k] for k in first]
+            spec = True
         else:
-            if cell in cache:
+            spec = ready and (cell in cache or cell[2] * cell[3] >= _SPEC_AREA)
+            if spec:
                 want.append(cell)
             first = second or first
             vals = [-negc / 2, -negc / 2]
         for k, v in zip(first, vals):
             if _splittable(k, min_size):
-                heapq.heappush(heap, (-v, seq, k))
+                heapq.heappush(heap, (-v, seq, k, spec))
             seq += 1
     return want
 
