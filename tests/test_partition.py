@@ -226,3 +226,28 @@ def test_aot_specs_shape():
     fn, signature, constexprs = specs[0]
     assert set(constexprs) <= set(signature) and signature["r_ptr"] == "*fp32"
     assert hasattr(fn, "fn")
+
+
+# ----------------------------------------------------------------------------- CPU fast histogram
+def _blocks_for_fast_counts(h: int, w: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(h * 1000 + w)
+    flat_step = torch.zeros(6, h, w)
+    flat_step[:, :, w // 2:] = torch.rand(6, 1, 1, generator=g)
+    return [
+        torch.rand(6, h, w, generator=g),  # noise
+        torch.randint(0, 256, (6, h, w), generator=g).float() / 255,  # 8-bit levels
+        torch.round(torch.rand(6, h, w, generator=g) * 4) / 4,  # many magnitudes on bin edges
+        flat_step,  # flat areas (zero gradients) and one edge
+    ]
+
+
+@pytest.mark.parametrize("h, w", [(8, 16), (16, 16), (16, 32), (32, 32), (64, 32), (64, 64), (128, 64),
+                                  (256, 256), (37, 50), (100, 70), (3, 5), (1, 1), (150, 300)])
+def test_fast_counts_equal_exact_histogram(h, w):
+    from gpstoken.partition import _MARGIN, _fast_counts, _resize
+
+    groups = _blocks_for_fast_counts(h, w)
+    want = torch.cat([entropy_hist.gradient_hist_torch(_resize(b)).long() for b in groups])
+    torch.testing.assert_close(_fast_counts(groups, _MARGIN), want, rtol=0, atol=0)
+    # a margin wider than any bin marks every pixel uncertain: the exact path alone
+    torch.testing.assert_close(_fast_counts(groups[2:3], 300.0), want[12:18], rtol=0, atol=0)
