@@ -71,8 +71,10 @@ def _cmd_generate(a: argparse.Namespace) -> None:
 def _cmd_models(a: argparse.Namespace) -> None:
     from . import hub
 
-    for spec in hub.list_pretrained():
-        print(f"{spec.name:24s} {spec.kind:10s} {spec.source}")
+    for name in hub.list_pretrained():
+        spec = hub.get_spec(name)
+        where = "embedded" if spec.embedded else f"{spec.repo_id}:{spec.filename}"
+        print(f"{name:26s} {spec.kind:10s} {where:45s} {spec.description}")
 
 
 def _cmd_convert(a: argparse.Namespace) -> None:

@@ -145,3 +145,9 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     assert "missing.gpst" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="not found"):
         cli.main(["reconstruct", str(tmp_path / "nope.png"), "-o", str(tmp_path / "x.png")])
+
+
+def test_cli_lists_the_registered_models(capsys):
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "gpstoken-m128" in out and "xtudbxk/GPSToken" in out and "gpstoken-tiny" in out
