@@ -165,7 +165,9 @@ GENERATOR_LATENT_STD = (
 for _n, _tokens in (("s64", 64), ("m128", 128), ("l256", 256)):
     register(PretrainedSpec(
         name=f"gpstoken-{_n}", kind="tokenizer", repo_id=OFFICIAL_REPO, filename=f"gpstoken_{_n}.safetensors",
-        arch=f"gpstoken-{_n}", extra={"n_tokens": _tokens},
+        arch=f"gpstoken-{_n}",
+        # the official inference script decodes L256 images above 256 patch by patch
+        extra={"n_tokens": _tokens, "decode_per_patch": _n == "l256"},
         description=f"official GPSToken-{_n.upper()} tokenizer ({_tokens} tokens per 256x256 patch)",
     ))
 register(PretrainedSpec(

@@ -60,11 +60,15 @@ class Tokenizer:
     of 256 internally and cropped back.
     """
 
-    def __init__(self, model: GPSTokenizer, name: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model: GPSTokenizer, name: str, device: torch.device, dtype: torch.dtype,
+                 *, decode_per_patch: bool = False):
         self.model = model.eval().to(device)
         self.name = name
         self.device = device
         self.dtype = dtype
+        #: decode multi-patch images patch by patch and stitch (the official L256 path) instead
+        #: of one merged map with the patch-aware decoder (S64/M128)
+        self.decode_per_patch = decode_per_patch
 
     @property
     def config(self) -> TokenizerConfig:
@@ -113,7 +117,7 @@ class Tokenizer:
         b = tokens.geometry.shape[0]
         arr = tokens.as_array().to(self.device).reshape(b * grid[0] * grid[1], -1, N_GEOMETRY + c)
         with torch.inference_mode(), self._autocast():
-            images = self.model.decode(arr, grid=grid).float()
+            images = self.model.decode(arr, grid=grid, per_patch=self.decode_per_patch).float()
         h, w = tokens.image_size
         return images[..., :h, :w].clamp(-1, 1)
 
@@ -292,7 +296,8 @@ def _build(cls, config, state: dict, name: str):
 def _load_tokenizer_cached(name_or_path: str, device: torch.device, dtype: torch.dtype) -> Tokenizer:
     state, config, resolved = _checkpoint(name_or_path, "tokenizer")
     model = _build(GPSTokenizer, TokenizerConfig.from_dict(config), state, str(resolved.path))
-    return Tokenizer(model, _model_id(name_or_path, resolved), device, dtype)
+    per_patch = bool(resolved.spec.extra.get("decode_per_patch", False)) if resolved.spec else False
+    return Tokenizer(model, _model_id(name_or_path, resolved), device, dtype, decode_per_patch=per_patch)
 
 
 def load_tokenizer(name_or_path: str = "default", *, device=None, dtype=None) -> Tokenizer:

@@ -252,3 +252,8 @@ def test_safetensors_header_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_
             assert list(state) == ["k" * n]
             return
     raise AssertionError("no header length with a 0x80 first byte was produced")
+
+
+def test_only_l256_decodes_patch_by_patch():
+    assert hub.get_spec("gpstoken-l256").extra["decode_per_patch"] is True
+    assert hub.get_spec("gpstoken-m128").extra["decode_per_patch"] is False
