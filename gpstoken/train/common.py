@@ -285,6 +285,18 @@ class Run:
         return (time.monotonic() - self.t0) / 60.0
 
 
+def architecture(model: Any, archs: dict[str, Any], config_cls: Any) -> Any:
+    """A config's ``model`` entry -> an architecture config: a name in ``archs`` or a dict
+    for ``config_cls.from_dict``."""
+    if isinstance(model, str):
+        if model not in archs:
+            raise ValueError(f"model: unknown architecture {model!r}; known: {sorted(archs)}")
+        return archs[model]
+    if isinstance(model, dict):
+        return config_cls.from_dict(model)
+    raise ValueError(f"model: expected an architecture name or a config dict, got {type(model).__name__}")
+
+
 def lr_factor(step: int, max_steps: int, warmup_steps: int, schedule: str) -> float:
     """Learning-rate factor at ``step``: linear warm-up, then constant or cosine decay to 10%."""
     w = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from ..models.configs import SIT_ARCHS, SiTConfig, TokenizerConfig
 from ..models.sit import SiT
 from ..models.tokenizer import GPSTokenizer
-from .common import Run, RunConfig, lr_factor, set_lr
+from .common import Run, RunConfig, architecture, lr_factor, set_lr
 from .data import CropDataset, make_loader, training_images
 from .ema import EMA
 from .tokenizer_trainer import load_weights
@@ -89,13 +89,7 @@ class GeneratorTrainConfig(RunConfig):
             raise ValueError(f"data.n_tokens: a generator is trained on a fixed token count, got {self.data.n_tokens}")
 
     def base_sit_config(self) -> SiTConfig:
-        if isinstance(self.model, str):
-            if self.model not in SIT_ARCHS:
-                raise ValueError(f"model: unknown SiT architecture {self.model!r}; known: {sorted(SIT_ARCHS)}")
-            return SIT_ARCHS[self.model]
-        if isinstance(self.model, dict):
-            return SiTConfig.from_dict(self.model)
-        raise ValueError(f"model: expected an architecture name or a config dict, got {type(self.model).__name__}")
+        return architecture(self.model, SIT_ARCHS, SiTConfig)
 
 
 # ----------------------------------------------------------------------------- extraction

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..models.configs import TOKENIZER_ARCHS, TokenizerConfig
 from ..models.tokenizer import GPSTokenizer
-from .common import Run, RunConfig, lr_factor, set_lr
+from .common import Run, RunConfig, architecture, lr_factor, set_lr
 from .data import CropDataset, EvalDataset, StepBatchSampler, heldout_images, make_loader, training_images
 from .ema import EMA
 from .losses import (PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, maybe_perceptual, psnr,
@@ -57,13 +57,7 @@ class TokenizerTrainConfig(RunConfig):
     sample_count: int = 8
 
     def tokenizer_config(self) -> TokenizerConfig:
-        if isinstance(self.model, str):
-            if self.model not in TOKENIZER_ARCHS:
-                raise ValueError(f"model: unknown architecture {self.model!r}; known: {sorted(TOKENIZER_ARCHS)}")
-            return TOKENIZER_ARCHS[self.model]
-        if isinstance(self.model, dict):
-            return TokenizerConfig.from_dict(self.model)
-        raise ValueError(f"model: expected an architecture name or a config dict, got {type(self.model).__name__}")
+        return architecture(self.model, TOKENIZER_ARCHS, TokenizerConfig)
 
 
 def load_weights(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
