@@ -209,8 +209,12 @@ class _TritonRender(torch.autograd.Function):
 
 @functools.lru_cache(maxsize=64)
 def _device_coords(n: int, device: torch.device) -> torch.Tensor:
-    """Cached :func:`pixel_coords` (read-only use) to save small kernel launches per call."""
-    return pixel_coords(n, device)
+    """Cached :func:`pixel_coords` (read-only use) to save small kernel launches per call.
+
+    Built outside inference mode: a cached inference tensor would break later autograd use.
+    """
+    with torch.inference_mode(False):
+        return pixel_coords(n, device)
 
 
 def _pow2(n: int) -> int:

@@ -286,3 +286,18 @@ def test_auto_backend_on_cuda():
         for name, a, b in zip(("out", "grad geometry", "grad features"), got, ref):
             assert a.dtype == dtype
             assert_close_scaled(a.cpu(), b, 1e-5 if dtype == torch.float32 else 1e-10, name)
+
+
+def test_render_after_inference_mode_still_supports_autograd():
+    """Pixel-centre caching must not leak inference tensors into later autograd (regression)."""
+    from gpstoken.render import render
+
+    geo = torch.tensor([[[0.2, 0.3, 0.1, 0.0, 0.1]]])
+    feat = torch.ones(1, 1, 2)
+    with torch.inference_mode():
+        render(geo, feat, (13, 11), backend="triton")
+        render(geo, feat, (13, 11), backend="torch")
+    for backend in ("triton", "torch"):
+        g, f = geo.clone().requires_grad_(), feat.clone().requires_grad_()
+        render(g, f, (13, 11), backend=backend).sum().backward()
+        assert torch.isfinite(g.grad).all() and g.grad.abs().sum() > 0
