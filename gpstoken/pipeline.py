@@ -87,11 +87,7 @@ class Tokenizer:
         b, _, h, w = images.shape
         if layout.image_size != (h, w):
             raise ValueError(f"layout: made for images of size {layout.image_size}, got images of size {(h, w)}")
-        if layout.batch_size not in (1, b):
-            raise ValueError(f"layout: has batch size {layout.batch_size}, images have {b}; use 1 or {b}")
-        if layout.batch_size != b:
-            layout = Layout(layout.geometry.expand(b, -1, -1).contiguous(),
-                            layout.regions.expand(b, -1, -1).contiguous(), layout.image_size, layout.grid)
+        layout = _expand_batch(layout, b, "images")
         padded, grid = pad_to_patches(images.to(self.device))
         patches = fold_patches(padded, grid)
         n = layout.n_tokens
@@ -187,8 +183,7 @@ class Generator:
                 g = sample(lambda x, t: self.layout_model(x, t, y), noise, method="heun", steps=steps,
                            progress=progress)
             g = g[..., 0].transpose(1, 2) * std + mean  # [n, N, 5]
-            g = torch.cat([g[..., :2].clamp(*SIGMA_RANGE), g[..., 2:3].clamp(-RHO_LIMIT, RHO_LIMIT), g[..., 3:]], -1)
-            return calibrate(_layout_from_geometry(g))
+            return calibrate(_layout_from_geometry(_clamp_geometry(g)))
         if self.layout_bank is not None:
             g = self.layout_bank.sample(class_id, n, generator=generator)
             return calibrate(_layout_from_geometry(g.to(self.device).float()))
@@ -228,16 +223,16 @@ class Generator:
         with torch.inference_mode():
             x = sample(velocity, noise, method=method, steps=steps, generator=gen, progress=progress)[:n]
         tokens = x[..., 0].transpose(1, 2) * self.latent_std + self.latent_mean  # [n, N, 5+C]
-        geometry = tokens[..., :N_GEOMETRY] + g_init
-        geometry = torch.cat([
-            geometry[..., :2].clamp(*SIGMA_RANGE),
-            geometry[..., 2:3].clamp(-RHO_LIMIT, RHO_LIMIT),
-            geometry[..., 3:],
-        ], dim=-1)
+        geometry = _clamp_geometry(tokens[..., :N_GEOMETRY] + g_init)
         gps = GPSTokens(geometry, tokens[..., N_GEOMETRY:].contiguous(), (PATCH, PATCH), layout,
                         self.tokenizer.name)
         images = to_pil(self.tokenizer.decode_tensor(gps))
         return GenerationResult(images, gps)
+
+
+def _clamp_geometry(g: torch.Tensor) -> torch.Tensor:
+    """Generated geometry [..., 5] -> valid Gaussians: sigma in SIGMA_RANGE, |rho| <= RHO_LIMIT."""
+    return torch.cat([g[..., :2].clamp(*SIGMA_RANGE), g[..., 2:3].clamp(-RHO_LIMIT, RHO_LIMIT), g[..., 3:]], -1)
 
 
 def _texture_velocity(model: SiT, x: torch.Tensor, t: torch.Tensor, *, y: torch.Tensor,
@@ -261,10 +256,15 @@ def _broadcast_layout(layout: Layout, n: int, n_tokens: int) -> Layout:
             f"{layout.grid} and {layout.n_tokens} tokens per patch (use edit_layout(..., n_tokens={n_tokens}) "
             f"on a 256x256 image)"
         )
+    return _expand_batch(layout, n, "n")
+
+
+def _expand_batch(layout: Layout, n: int, of: str) -> Layout:
+    """``layout`` for a batch of ``n``: as is, or a batch-1 layout repeated n times."""
     if layout.batch_size == n:
         return layout
     if layout.batch_size != 1:
-        raise ValueError(f"layout: batch size {layout.batch_size} does not match n={n}; use 1 or n")
+        raise ValueError(f"layout: has batch size {layout.batch_size}, but {of} has {n}; use 1 or {n}")
     return Layout(layout.geometry.expand(n, -1, -1).contiguous(), layout.regions.expand(n, -1, -1).contiguous(),
                   layout.image_size, layout.grid)
 
