@@ -231,7 +231,7 @@ class ReferenceTokenizer(nn.Module):
                 h = blk(h, grid)
             if lvl:
                 h = d.up[lvl].upsample.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return d.conv_out(F.silu(d.norm_out(h, grid)))
+        return d.conv_out(F.silu(d.norm_out(h, (1, 1))))  # official: norm_out without _np
 
     def forward(self, images, g_init, regions):
         tokens = self.encode(images, g_init, regions)

@@ -95,7 +95,6 @@ def test_np2_encode_merge_render(small):
         close(model.render(c["np2/gpscodes"], (2, 2)), c["np2/rendered"], 1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="merged 2x2 decode differs from the official DecoderNP (max 0.25); see report")
 def test_np2_decode(small):
     model, c = small
     with torch.inference_mode():

@@ -1,8 +1,10 @@
 """GPSToken decoder (algorithms.md section 4): rendered feature map -> image.
 
 VAE-style decoder with the official ``decoder.*`` state-dict keys. Every norm in its
-residual blocks and its final norm is the *patch-aware GroupNorm* (:class:`PatchGroupNorm`);
-the middle attention block attends within each 256-pixel patch.
+residual blocks is the *patch-aware GroupNorm* (:class:`PatchGroupNorm`); the final norm is
+the same layer but always takes its statistics over the whole map (the official
+``DecoderNP`` calls ``norm_out`` without ``_np``); the middle attention block attends within
+each 256-pixel patch.
 
 Speed: the norm statistics are folded into one per-channel scale/shift (a single pass
 over the map after the statistics pass, swish fused in place), attention runs through
@@ -165,6 +167,7 @@ class Decoder(nn.Module):
 
     ``grid=(k, m)`` tells the patch-aware norms and the mid attention how the map is split
     into 256-pixel patches (the input map is ``k*h0 x m*w0`` for per-patch size ``h0 x w0``).
+    ``norm_out`` ignores the grid: whole-map statistics, as in the official ``DecoderNP``.
     """
 
     def __init__(self, cfg: DecoderConfig):
@@ -208,5 +211,6 @@ class Decoder(nn.Module):
                 h = block(h, grid)
             if i_level != 0:
                 h = level.upsample(h)
-        h = self.conv_out(self.norm_out(h, grid, swish=True))
+        # official DecoderNP: norm_out(h) without _np, i.e. one block over the whole map
+        h = self.conv_out(self.norm_out(h, (1, 1), swish=True))
         return h.contiguous()
