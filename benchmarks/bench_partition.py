@@ -1,14 +1,16 @@
 """Partition speed: the literal reference (tests/reference_partition.py) vs gpstoken.partition.
 
-Both are run side by side in one process on the same inputs (scikit-image photos, tiled to
-the requested size). The fast path partitions all patches of an image together; the
-reference runs patch by patch. Usage::
+All run side by side in one process on the same inputs (scikit-image photos, tiled to the
+requested size): the reference patch by patch, gpstoken's pure-torch path and its native C
+path (``gpstoken._cpartition``, when built) on all patches of an image together. Every
+gpstoken result is checked equal to the reference's cells. Usage::
 
     python benchmarks/bench_partition.py [--threads N] [--repeat R] [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -22,7 +24,9 @@ from reference_partition import grey_of as ref_grey_of  # noqa: E402
 from reference_partition import reference_partition  # noqa: E402
 
 from gpstoken.images import fold_patches, pad_to_patches  # noqa: E402
-from gpstoken.partition import partition  # noqa: E402
+from gpstoken.partition import cells_to_arrays, native_available, partition  # noqa: E402
+
+PARTITION = sys.modules["gpstoken.partition"]
 
 CASES = [  # (label, side, tokens per 256 patch)
     ("256 / 16", 256, 16),
@@ -52,6 +56,16 @@ def _best(fn, repeat: int) -> float:
     return min(times) * 1e3
 
 
+@contextlib.contextmanager
+def _torch_path():
+    """Temporarily hide the native module so gpstoken runs its pure-torch path."""
+    native, PARTITION._native = PARTITION._native, None
+    try:
+        yield
+    finally:
+        PARTITION._native = native
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()))
@@ -59,17 +73,32 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {args.threads}, device {args.device}, best of {args.repeat}")
-    print(f"{'case':<24}{'reference ms':>14}{'fast ms':>10}{'ratio':>8}")
+    native = native_available() and args.device == "cpu"
+    print(f"torch {torch.__version__}, threads {args.threads}, device {args.device}, best of {args.repeat}, "
+          f"native {'built' if native_available() else 'not built'}")
+    head = f"{'case':<24}{'reference ms':>14}{'torch ms':>10}{'ratio':>8}"
+    print(head + (f"{'native ms':>11}{'ratio':>8}" if native else ""))
     for label, side, n in CASES:
         img = _photo(side)
         patches = fold_patches(*pad_to_patches(img))
         greys = [ref_grey_of(p) for p in patches]
         dev_img = img.to(args.device)
-        partition(dev_img, n)  # warm-up (caches, kernel compile)
-        fast = _best(lambda: partition(dev_img, n), args.repeat)
         ref = _best(lambda: [reference_partition(g, n) for g in greys], max(1, args.repeat - 2))
-        print(f"{label:<24}{ref:>14.1f}{fast:>10.1f}{ref / fast:>7.1f}x", flush=True)
+        want = np.concatenate([cells_to_arrays(reference_partition(g, n)[0])[1] for g in greys])
+        runs = []
+        with _torch_path() if args.device == "cpu" else contextlib.nullcontext():
+            runs.append(_timed(dev_img, n, want, args.repeat))
+        if native:
+            runs.append(_timed(dev_img, n, want, args.repeat))
+        print(f"{label:<24}{ref:>14.1f}" + "".join(f"{t:>10.1f}{ref / t:>7.1f}x" for t in runs), flush=True)
+
+
+def _timed(img: torch.Tensor, n: int, want: np.ndarray, repeat: int) -> float:
+    """Best time of ``partition(img, n)`` in ms, after checking its cells equal the reference's."""
+    got = partition(img, n).regions[0].numpy()  # also the warm-up (caches, kernel compile)
+    if not np.array_equal(got, want):
+        raise AssertionError("gpstoken.partition differs from the reference")
+    return _best(lambda: partition(img, n), repeat)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,12 @@ terms; libm ``log2`` and ``pow``. The float32 fma is evaluated in float64 and ro
 more; that is exact unless a cell mixes values whose exponents differ by more than ~24
 (impossible for images that come from 8-bit data).
 
-CPU speed (the histogram is where the time goes): every pixel's bin is first estimated in
+CPU: the native path (``gpstoken/csrc/cpartition.c``, built at install time when a C compiler
+is present; see :func:`native_available`) runs the same exact arithmetic and the greedy loop
+in C, patches in parallel threads. The pure-torch path below is its reference and the
+fallback; both give identical cells (tested).
+
+Pure-torch CPU speed (the histogram is where the time goes): every pixel's bin is first estimated in
 float32 with the resize and Sobel folded into two separable linear maps (polyphase taps,
 all cells of a size at once); only pixels whose estimate lies within a proven error margin
 of a bin edge (~0.1%) are recomputed with the exact official operations on their 3x3
@@ -43,6 +48,11 @@ import torch
 from gpstoken.images import PATCH, fold_patches, pad_to_patches, to_tensor
 from gpstoken.kernels.entropy_hist import HALF_BINS, gradient_hist
 from gpstoken.layout import Layout
+
+try:
+    from gpstoken import _cpartition as _native
+except ImportError:  # built without a C compiler: the pure-torch path is used
+    _native = None
 
 RESIZE = 64
 MAX_ENTROPY = 9.0  # log2(512): the largest possible histogram entropy
@@ -387,6 +397,13 @@ def _entropy(counts: torch.Tensor) -> list[float]:
     return (-(blk[:, 0] + blk[:, 1])).tolist()
 
 
+def _bias_integral(bias: torch.Tensor) -> np.ndarray:
+    """float64 ``[P,H+1,W+1]`` integral image of a quantized bias ``[P,H,W]`` (exact cell sums)."""
+    ii = torch.zeros(bias.shape[0], bias.shape[1] + 1, bias.shape[2] + 1, dtype=torch.float64)
+    ii[:, 1:, 1:] = bias.cpu().double().cumsum(1).cumsum(2)
+    return ii.numpy()
+
+
 class _Evaluator:
     """Computes and caches complexities of cells for a stack of grey patches."""
 
@@ -398,11 +415,7 @@ class _Evaluator:
         self.margin: float | None = None
         self.weight = weight
         self.cache: list[dict[Cell, float]] = [{} for _ in range(grey.shape[0])]
-        self.integral = None
-        if bias is not None:
-            ii = torch.zeros(bias.shape[0], bias.shape[1] + 1, bias.shape[2] + 1, dtype=torch.float64)
-            ii[:, 1:, 1:] = bias.cpu().cumsum(1).cumsum(2)
-            self.integral = ii.numpy()
+        self.integral = None if bias is None else _bias_integral(bias)
 
     def _blocks(self, items: list[tuple[int, Cell]], h: int, w: int) -> torch.Tensor:
         """float32 ``[K,h,w]`` pixels of same-sized cells (values ``(g+1)/2``)."""
@@ -652,10 +665,7 @@ def partition_patch(grey: np.ndarray | torch.Tensor, n_tokens: int, *, weight: f
         column), in the official output order.
     """
     n_tokens, weight, min_size = _check_common(n_tokens, weight, min_size)
-    g = torch.as_tensor(grey)
-    if g.ndim != 2 or not g.is_floating_point():
-        raise ValueError(f"grey: expected a float [H,W] array, got shape {tuple(g.shape)} dtype {g.dtype}")
-    g = g.float()
+    g = _check_grey(grey)
     b = None
     if bias is not None:
         b = torch.as_tensor(bias)
@@ -671,12 +681,50 @@ def complexities(grey: np.ndarray | torch.Tensor, cells: np.ndarray, *, weight: 
 
     ``grey`` float ``[H,W]`` in [-1,1]; ``cells`` int ``[n,4]`` inclusive ``(x0, y0, x1, y1)``.
     """
-    g = torch.as_tensor(grey).float()
+    g = _check_grey(grey)
     b = None if bias is None else _quantize_bias(torch.as_tensor(bias), "bias")[None]
-    ev = _Evaluator(g[None], float(weight), b)
     keys = [(int(y0), int(x0), int(y1 - y0 + 1), int(x1 - x0 + 1)) for x0, y0, x1, y1 in np.asarray(cells)]
+    for i, (y0, x0, h, w) in enumerate(keys):
+        if y0 < 0 or x0 < 0 or h < 1 or w < 1 or y0 + h > g.shape[0] or x0 + w > g.shape[1]:
+            raise ValueError(f"cells[{i}]: {tuple(np.asarray(cells)[i])} is empty or outside the "
+                             f"{g.shape[0]}x{g.shape[1]} image")
+    if _use_native(g):
+        out = np.empty(len(keys), np.float64)
+        spec = np.array([(0, *k) for k in keys], dtype=np.int32).reshape(-1, 5)
+        v = _unit(g[None])
+        _native.complexities(v, 1, *g.shape, None if b is None else _bias_integral(b), spec, len(keys),
+                             float(weight), torch.get_num_threads(), out)
+        return out
+    ev = _Evaluator(g[None], float(weight), b)
     ev.compute([(0, k) for k in keys])
     return np.array([ev.cache[0][k] for k in keys], dtype=np.float64)
+
+
+def native_available() -> bool:
+    """Whether the native CPU partition (``gpstoken._cpartition``) was built at install time.
+
+    Without it (no C compiler when installing) results are the same, only slower: the
+    pure-torch path runs instead.
+    """
+    return _native is not None
+
+
+def _use_native(grey: torch.Tensor) -> bool:
+    return _native is not None and not grey.is_cuda
+
+
+def _unit(grey: torch.Tensor) -> np.ndarray:
+    """float32 grey in [-1,1] -> C-contiguous float32 ``(g+1)/2``, as the official pipeline maps it."""
+    return ((grey.float() + 1.0) / 2.0).contiguous().cpu().numpy()
+
+
+def _check_grey(grey: np.ndarray | torch.Tensor) -> torch.Tensor:
+    g = torch.as_tensor(grey)
+    if g.ndim != 2 or not g.is_floating_point():
+        raise ValueError(f"grey: expected a float [H,W] array, got shape {tuple(g.shape)} dtype {g.dtype}")
+    if not torch.isfinite(g).all():
+        raise ValueError("grey: contains NaN or Inf values")
+    return g.float()
 
 
 def _partition_stack(grey: torch.Tensor, n: int, weight: float, min_size: int,
@@ -684,6 +732,11 @@ def _partition_stack(grey: torch.Tensor, n: int, weight: float, min_size: int,
     """Partition every ``[H,W]`` patch of ``grey [P,H,W]`` -> list of int64 ``[n,4]`` cells."""
     p, h, w = grey.shape
     _check_reachable(n, h, w, min_size)
+    if _use_native(grey):
+        out = np.empty((p, n, 4), np.int32)
+        _native.partition(_unit(grey), p, h, w, None if bias is None else _bias_integral(bias), n, min_size,
+                          float(weight), torch.get_num_threads(), out)
+        return list(out.astype(np.int64))
     ev = _Evaluator(grey, weight, bias)
     states = [_PatchState(i, h, w, n) for i in range(p)]
     _run_greedy(ev, states, min_size)

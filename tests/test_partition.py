@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from gpstoken.partition import (
     complexities,
     grey_of,
     max_cells,
+    native_available,
     partition,
     partition_patch,
 )
@@ -35,13 +38,29 @@ def fixtures(official):
     return root, json.loads((root / "index.json").read_text()), load_file(root / "partition.safetensors")
 
 
+@pytest.fixture(params=["native", "torch"])
+def backend(request, monkeypatch):
+    """Run a test on the native C path and on the pure-torch path (its reference)."""
+    if request.param == "torch":
+        monkeypatch.setattr(sys.modules["gpstoken.partition"], "_native", None)
+    elif not native_available():
+        pytest.skip("gpstoken._cpartition is not built (no C compiler at install); the torch path is tested")
+    return request.param
+
+
+def test_native_partition_is_built_in_ci():
+    if not os.environ.get("CI"):
+        pytest.skip("only required in CI: a user's install without a C compiler falls back to torch")
+    assert native_available(), "gpstoken._cpartition was not built: `pip install -e .` needs a C compiler (gcc)"
+
+
 def _cells_of(regions: np.ndarray, size: int = 256) -> np.ndarray:
     return np.round((regions.astype(np.float64) / 2 + 0.5) * (size - 1)).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- official parity
 @pytest.mark.parametrize("n", [16, 64, 128, 256])
-def test_official_256(fixtures, n):
+def test_official_256(fixtures, n, backend):
     root, index, tensors = fixtures
     images = index["images256"]
     grey = grey_of(torch.stack([_load(root / im["file"]) for im in images]))
@@ -63,7 +82,7 @@ def test_official_single_patch_api(fixtures):
     np.testing.assert_array_equal(cells, _cells_of(tensors["synthetic_checker32/n64/regions"]))
 
 
-def test_official_512_batched(fixtures):
+def test_official_512_batched(fixtures, backend):
     root, index, tensors = fixtures
     images = torch.stack([_load(root / im["file"]) for im in index["images512"]])
     for n in (16, 64, 128, 256):
@@ -99,14 +118,14 @@ def _random_patch(seed: int) -> np.ndarray:
     pytest.param(np.tile(np.linspace(-1, 1, 256, dtype=np.float32), (256, 1)), id="ramp"),
     pytest.param(_random_patch(2), id="random"),
 ])
-def test_matches_reference_with_ties(grey):
+def test_matches_reference_with_ties(grey, backend):
     want, want_c = reference_partition(grey, 40)
     got = partition_patch(grey, 40)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(complexities(grey, got), want_c)
 
 
-def test_matches_reference_with_bias():
+def test_matches_reference_with_bias(backend):
     rng = np.random.default_rng(3)
     grey = _random_patch(4)
     bias = np.round(rng.random((256, 256)) * 300 * 256) / 256  # already on the 2**-24 grid
@@ -117,7 +136,7 @@ def test_matches_reference_with_bias():
     np.testing.assert_array_equal(complexities(grey, got, bias=bias), want_c)
 
 
-def test_full_split_and_too_many_tokens():
+def test_full_split_and_too_many_tokens(backend):
     grey = _random_patch(5)
     assert max_cells(256, 256, 8) == 1024
     cells = partition_patch(grey, 1024)
@@ -131,12 +150,47 @@ def test_full_split_and_too_many_tokens():
         partition(torch.zeros(3, 64, 64), 1025)
 
 
-def test_output_is_a_partition_and_official_order_small_n():
+def test_output_is_a_partition_and_official_order_small_n(backend):
     grey = _random_patch(6)
     assert partition_patch(grey, 1).tolist() == [[0, 0, 255, 255]]
     cells = partition_patch(grey, 2)
     assert sorted(map(tuple, cells)) in ([(0, 0, 127, 255), (128, 0, 255, 255)],
                                          [(0, 0, 255, 127), (0, 128, 255, 255)])
+
+
+@pytest.mark.skipif(not native_available(), reason="gpstoken._cpartition is not built")
+@pytest.mark.parametrize("shape", [(256, 256), (300, 200), (64, 96), (17, 9)])
+def test_native_equals_torch_path(shape, monkeypatch):
+    """Any image size, odd cell sizes, cells wider than 64 and a bias: identical cells and values."""
+    rng = np.random.default_rng(shape[0])
+    grey = (rng.integers(0, 256, shape) / 127.5 - 1.0).astype(np.float32)
+    grey[: shape[0] // 2] = np.round(grey[: shape[0] // 2] * 2) / 2  # coarse half: ties, bin edges
+    bias = np.round(rng.random(shape) * 50 * 256) / 256
+    n = min(37, max_cells(*shape))
+    cells = [partition_patch(grey, n), partition_patch(grey, n, bias=bias)]
+    ys, xs = rng.integers(0, shape[0], (2, 40)), rng.integers(0, shape[1], (2, 40))
+    boxes = np.stack([xs.min(0), ys.min(0), xs.max(0), ys.max(0)], 1)  # random cells, any size
+    values = [complexities(grey, boxes), complexities(grey, boxes, bias=bias)]
+    monkeypatch.setattr(sys.modules["gpstoken.partition"], "_native", None)
+    np.testing.assert_array_equal(cells[0], partition_patch(grey, n))
+    np.testing.assert_array_equal(cells[1], partition_patch(grey, n, bias=bias))
+    np.testing.assert_array_equal(values[0], complexities(grey, boxes))
+    np.testing.assert_array_equal(values[1], complexities(grey, boxes, bias=bias))
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (np.full((32, 32), np.nan, np.float32), "NaN"),
+    (np.zeros((2, 32, 32), np.float32), "float \\[H,W\\]"),
+    (np.zeros((32, 32), np.int64), "float \\[H,W\\]"),
+])
+def test_grey_validation(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        partition_patch(bad, 4)
+
+
+def test_complexities_rejects_cells_outside():
+    with pytest.raises(ValueError, match="outside"):
+        complexities(np.zeros((32, 32), np.float32), np.array([[0, 0, 32, 10]]))
 
 
 @pytest.mark.parametrize("kwargs, exc, msg", [
