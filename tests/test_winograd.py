@@ -46,6 +46,8 @@ def test_module_uses_winograd_only_without_autograd(monkeypatch):
     with torch.inference_mode():
         conv(x)
         conv(torch.randn(1, 8, 5, 6))  # odd height: direct
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert conv(x).dtype == torch.bfloat16  # autocast's bf16 convolution, not ours
     assert len(calls) == 2
 
 

@@ -77,7 +77,8 @@ def _inverse(m: torch.Tensor, out: torch.Tensor) -> None:
 
 class Conv3x3(nn.Conv2d):
     """``nn.Conv2d(cin, cout, 3, padding=1)`` (same parameters and state-dict keys) that runs
-    as Winograd F(2x2, 3x3) on CPU without autograd for wide layers, else as ``F.conv2d``."""
+    as Winograd F(2x2, 3x3) on CPU in float32 without autograd (and outside CPU autocast) for
+    wide layers, else as ``F.conv2d``."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 3, padding=1)
@@ -88,6 +89,7 @@ class Conv3x3(nn.Conv2d):
             x.device.type == "cpu"
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
             and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
             and x.shape[-2] % 2 == 0
             and x.shape[-1] % 2 == 0
