@@ -178,6 +178,20 @@ def test_native_equals_torch_path(shape, monkeypatch):
     np.testing.assert_array_equal(values[1], complexities(grey, boxes, bias=bias))
 
 
+@pytest.mark.skipif(not native_available(), reason="gpstoken._cpartition is not built")
+def test_native_module_checks_its_buffers():
+    from gpstoken import _cpartition
+
+    grey = np.zeros((1, 32, 32), np.float32)
+    with pytest.raises(ValueError, match="out: expected 64 bytes"):
+        _cpartition.partition(grey, 1, 32, 32, None, 4, 8, 2.5, 1, np.zeros((1, 4, 3), np.int32))
+    with pytest.raises(ValueError, match="integral"):
+        _cpartition.partition(grey, 1, 32, 32, np.zeros((32, 32)), 4, 8, 2.5, 1, np.zeros((1, 4, 4), np.int32))
+    with pytest.raises(ValueError, match="cells\\[1\\]: outside"):
+        _cpartition.complexities(grey, 1, 32, 32, None, np.array([[0, 0, 0, 8, 8], [0, 30, 0, 8, 8]], np.int32),
+                                 2, 2.5, 1, np.zeros(2))
+
+
 @pytest.mark.parametrize("bad, msg", [
     (np.full((32, 32), np.nan, np.float32), "NaN"),
     (np.zeros((2, 32, 32), np.float32), "float \\[H,W\\]"),

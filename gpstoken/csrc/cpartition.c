@@ -413,7 +413,17 @@ static int get_integral(PyObject *obj, Py_buffer *buf, Py_ssize_t bytes) {
     return 1;
 }
 
-static PyObject *finish(int status, double *table) {
+/* Runs a job on the buffers with the GIL released: None, or NULL with the error set. */
+static PyObject *execute(job_t *job, const Py_buffer *grey, const Py_buffer *integral, int H, int W, double weight,
+                         int threads) {
+    double *table = full_terms_table();
+    if (!table) return PyErr_NoMemory();
+    source_t src = {grey->buf, integral->buf, H, W, weight, table};
+    job->src = &src;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = run_job(job, threads);
+    Py_END_ALLOW_THREADS
     free(table);
     if (status == -1) {
         PyErr_SetString(PyExc_ValueError, "n_tokens: no splittable cell left (more tokens than the patch allows)");
@@ -424,82 +434,53 @@ static PyObject *finish(int status, double *table) {
 }
 
 static PyObject *py_partition(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer grey, out, integral = {0};
-    PyObject *integral_obj;
+    PyObject *integral_obj, *result = NULL;
     int P, H, W, n, min_size, threads;
     double weight;
     if (!PyArg_ParseTuple(args, "y*iiiOiidiw*", &grey, &P, &H, &W, &integral_obj, &n, &min_size, &weight,
                           &threads, &out))
         return NULL;
-    PyObject *result = NULL;
-    double *table = NULL;
     if (P < 0 || H < 1 || W < 1 || n < 1) {
         PyErr_SetString(PyExc_ValueError, "partition: P >= 0, H, W, n >= 1 required");
-        goto done;
+    } else if (need(&grey, (Py_ssize_t)P * H * W * 4, "grey") && need(&out, (Py_ssize_t)P * n * 16, "out") &&
+               get_integral(integral_obj, &integral, (Py_ssize_t)P * (H + 1) * (W + 1) * 8)) {
+        job_t job = {.mode = 0, .items = P, .n = n, .min_size = min_size, .cells_out = out.buf};
+        result = execute(&job, &grey, &integral, H, W, weight, threads);
+        if (integral.obj) PyBuffer_Release(&integral);
     }
-    if (!need(&grey, (Py_ssize_t)P * H * W * 4, "grey") || !need(&out, (Py_ssize_t)P * n * 16, "out") ||
-        !get_integral(integral_obj, &integral, (Py_ssize_t)P * (H + 1) * (W + 1) * 8))
-        goto done;
-    table = full_terms_table();
-    if (!table) {
-        PyErr_NoMemory();
-        goto release;
-    }
-    source_t src = {grey.buf, integral.buf, H, W, weight, table};
-    job_t job = {&src, 0, P, n, min_size, NULL, out.buf, NULL, 0, 0};
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = run_job(&job, threads);
-    Py_END_ALLOW_THREADS
-    result = finish(status, table);
-    table = NULL;
-release:
-    if (integral.obj) PyBuffer_Release(&integral);
-done:
-    free(table);
     PyBuffer_Release(&grey);
     PyBuffer_Release(&out);
     return result;
 }
 
+static int check_cells(const int32_t *c, int K, int P, int H, int W) {
+    for (int i = 0; i < K; i++, c += 5)
+        if (c[0] < 0 || c[0] >= P || c[1] < 0 || c[2] < 0 || c[3] < 1 || c[4] < 1 || c[1] + c[3] > H ||
+            c[2] + c[4] > W) {
+            PyErr_Format(PyExc_ValueError, "cells[%d]: outside the %dx%d patch or empty", i, H, W);
+            return 0;
+        }
+    return 1;
+}
+
 static PyObject *py_complexities(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer grey, cells, out, integral = {0};
-    PyObject *integral_obj;
+    PyObject *integral_obj, *result = NULL;
     int P, H, W, K, threads;
     double weight;
     if (!PyArg_ParseTuple(args, "y*iiiOy*idiw*", &grey, &P, &H, &W, &integral_obj, &cells, &K, &weight,
                           &threads, &out))
         return NULL;
-    PyObject *result = NULL;
-    double *table = NULL;
-    if (!need(&grey, (Py_ssize_t)P * H * W * 4, "grey") || !need(&cells, (Py_ssize_t)K * 20, "cells") ||
-        !need(&out, (Py_ssize_t)K * 8, "out") ||
-        !get_integral(integral_obj, &integral, (Py_ssize_t)P * (H + 1) * (W + 1) * 8))
-        goto done;
-    const int32_t *c = cells.buf;
-    for (int i = 0; i < K; i++, c += 5)
-        if (c[0] < 0 || c[0] >= P || c[1] < 0 || c[2] < 0 || c[3] < 1 || c[4] < 1 || c[1] + c[3] > H ||
-            c[2] + c[4] > W) {
-            PyErr_Format(PyExc_ValueError, "cells[%d]: outside the %dx%d patch or empty", i, H, W);
-            goto release;
-        }
-    table = full_terms_table();
-    if (!table) {
-        PyErr_NoMemory();
-        goto release;
+    if (need(&grey, (Py_ssize_t)P * H * W * 4, "grey") && need(&cells, (Py_ssize_t)K * 20, "cells") &&
+        need(&out, (Py_ssize_t)K * 8, "out") && check_cells(cells.buf, K, P, H, W) &&
+        get_integral(integral_obj, &integral, (Py_ssize_t)P * (H + 1) * (W + 1) * 8)) {
+        job_t job = {.mode = 1, .items = K, .cells_in = cells.buf, .values_out = out.buf};
+        result = execute(&job, &grey, &integral, H, W, weight, threads);
+        if (integral.obj) PyBuffer_Release(&integral);
     }
-    source_t src = {grey.buf, integral.buf, H, W, weight, table};
-    job_t job = {&src, 1, K, 0, 0, cells.buf, NULL, out.buf, 0, 0};
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = run_job(&job, threads);
-    Py_END_ALLOW_THREADS
-    result = finish(status, table);
-    table = NULL;
-release:
-    if (integral.obj) PyBuffer_Release(&integral);
-done:
-    free(table);
     PyBuffer_Release(&grey);
     PyBuffer_Release(&cells);
     PyBuffer_Release(&out);
