@@ -33,29 +33,30 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x`` float32 ``[B,Cin,H,W]`` (H, W even), ``u`` from :func:`winograd_weight` ->
-    ``[B,Cout,H,W]`` (channels-last memory), equal to ``F.conv2d(x, weight, bias, padding=1)``."""
+    ``[B,Cout,H,W]`` (channels-last memory), equal to ``F.conv2d(x, weight, bias, padding=1)``.
+
+    Works through the tile rows in chunks (all images of the batch together), so the
+    transformed tiles of a chunk stay cache-sized.
+    """
     bsz, cin, h, w = x.shape
     cout = u.shape[2]
-    th = min(_TILE_ROWS, h // 2)
+    th = max(1, min(_TILE_ROWS // bsz, h // 2))
     out = torch.empty(bsz, h, w, cout, dtype=x.dtype)
-    rows = torch.empty(4, th, w + 2, cin, dtype=x.dtype)  # B^T d: the row transform
-    tiles = torch.empty(4, 4, th, w // 2, cin, dtype=x.dtype)  # B^T d B
-    prod = torch.empty(16, th * (w // 2), cout, dtype=x.dtype)
-    half = torch.empty(2, 4, th, w // 2, cout, dtype=x.dtype)  # A^T M
-    for b in range(bsz):
-        xp = F.pad(x[b].permute(1, 2, 0), (0, 0, 1, 1, 1, 1))  # [H+2, W+2, Cin]
-        ov = out[b].view(h // 2, 2, w // 2, 2, cout)
-        for i0 in range(0, h // 2, th):
-            n = min(th, h // 2 - i0)
-            r = [xp[2 * i0 + k:2 * i0 + k + 2 * n:2] for k in range(4)]
-            _transform(r, rows[:, :n])
-            for a in range(4):
-                c = [rows[a, :n, k:k + w:2] for k in range(4)]
-                _transform(c, tiles[a, :, :n])
-            m = torch.bmm(tiles.view(16, -1, cin), u, out=prod).view(4, 4, th, w // 2, cout)[:, :, :n]
-            _inverse(m, half[:, :, :n])
-            for p in range(2):
-                _inverse(half[p, :, :n], ov[i0:i0 + n, p].movedim(2, 0))
+    ov = out.view(bsz, h // 2, 2, w // 2, 2, cout)
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # [B, H+2, W+2, Cin]
+    rows = torch.empty(4, bsz, th, w + 2, cin, dtype=x.dtype)  # B^T d: the row transform
+    tiles = torch.empty(4, 4, bsz, th, w // 2, cin, dtype=x.dtype)  # B^T d B
+    prod = torch.empty(16, bsz * th * (w // 2), cout, dtype=x.dtype)
+    half = torch.empty(2, 4, bsz, th, w // 2, cout, dtype=x.dtype)  # A^T M
+    for i0 in range(0, h // 2, th):
+        n = min(th, h // 2 - i0)
+        _transform([xp[:, 2 * i0 + k:2 * i0 + k + 2 * n:2] for k in range(4)], rows[:, :, :n])
+        for a in range(4):
+            _transform([rows[a, :, :n, k:k + w:2] for k in range(4)], tiles[a, :, :, :n])
+        m = torch.bmm(tiles.view(16, -1, cin), u, out=prod).view(4, 4, bsz, th, w // 2, cout)[:, :, :, :n]
+        _inverse(m, half[:, :, :, :n])
+        for p in range(2):
+            _inverse(half[p, :, :, :n], ov[:, i0:i0 + n, p].movedim(3, 0))
     if bias is not None:
         out += bias
     return out.permute(0, 3, 1, 2)
