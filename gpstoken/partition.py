@@ -397,8 +397,16 @@ def _entropy(counts: torch.Tensor) -> list[float]:
     return (-(blk[:, 0] + blk[:, 1])).tolist()
 
 
-def _bias_integral(bias: torch.Tensor) -> np.ndarray:
-    """float64 ``[P,H+1,W+1]`` integral image of a quantized bias ``[P,H,W]`` (exact cell sums)."""
+def _unit_grey(grey: torch.Tensor) -> torch.Tensor:
+    """float32 grey in [-1,1] -> ``(g+1)/2`` in [0,1] (float32), as the official pipeline maps it."""
+    return (grey.float() + 1.0) / 2.0
+
+
+def _bias_integral(bias: torch.Tensor | None) -> np.ndarray | None:
+    """float64 ``[P,H+1,W+1]`` integral image of a quantized bias ``[P,H,W]`` (exact cell sums);
+    None for no bias."""
+    if bias is None:
+        return None
     ii = torch.zeros(bias.shape[0], bias.shape[1] + 1, bias.shape[2] + 1, dtype=torch.float64)
     ii[:, 1:, 1:] = bias.cpu().double().cumsum(1).cumsum(2)
     return ii.numpy()
@@ -409,13 +417,13 @@ class _Evaluator:
 
     def __init__(self, grey: torch.Tensor, weight: float, bias: torch.Tensor | None):
         # grey: float32 [P,H,W]; bias: float64 [P,H,W] (already quantized) or None
-        self.v = (grey + 1.0) / 2.0
+        self.v = _unit_grey(grey)
         self.tiles: dict[tuple[int, int], torch.Tensor] = {}
         self.ws = _Workspace()
         self.margin: float | None = None
         self.weight = weight
         self.cache: list[dict[Cell, float]] = [{} for _ in range(grey.shape[0])]
-        self.integral = None if bias is None else _bias_integral(bias)
+        self.integral = _bias_integral(bias)
 
     def _blocks(self, items: list[tuple[int, Cell]], h: int, w: int) -> torch.Tensor:
         """float32 ``[K,h,w]`` pixels of same-sized cells (values ``(g+1)/2``)."""
@@ -683,16 +691,17 @@ def complexities(grey: np.ndarray | torch.Tensor, cells: np.ndarray, *, weight: 
     """
     g = _check_grey(grey)
     b = None if bias is None else _quantize_bias(torch.as_tensor(bias), "bias")[None]
-    keys = [(int(y0), int(x0), int(y1 - y0 + 1), int(x1 - x0 + 1)) for x0, y0, x1, y1 in np.asarray(cells)]
+    cells = np.asarray(cells)
+    keys = [(int(y0), int(x0), int(y1 - y0 + 1), int(x1 - x0 + 1)) for x0, y0, x1, y1 in cells]
     for i, (y0, x0, h, w) in enumerate(keys):
         if y0 < 0 or x0 < 0 or h < 1 or w < 1 or y0 + h > g.shape[0] or x0 + w > g.shape[1]:
-            raise ValueError(f"cells[{i}]: {tuple(np.asarray(cells)[i])} is empty or outside the "
+            raise ValueError(f"cells[{i}]: {tuple(cells[i])} is empty or outside the "
                              f"{g.shape[0]}x{g.shape[1]} image")
     if _use_native(g):
         out = np.empty(len(keys), np.float64)
         spec = np.array([(0, *k) for k in keys], dtype=np.int32).reshape(-1, 5)
-        v = _unit(g[None])
-        _native.complexities(v, 1, *g.shape, None if b is None else _bias_integral(b), spec, len(keys),
+        v = _native_grey(g[None])
+        _native.complexities(v, 1, *g.shape, _bias_integral(b), spec, len(keys),
                              float(weight), torch.get_num_threads(), out)
         return out
     ev = _Evaluator(g[None], float(weight), b)
@@ -713,9 +722,9 @@ def _use_native(grey: torch.Tensor) -> bool:
     return _native is not None and not grey.is_cuda
 
 
-def _unit(grey: torch.Tensor) -> np.ndarray:
-    """float32 grey in [-1,1] -> C-contiguous float32 ``(g+1)/2``, as the official pipeline maps it."""
-    return ((grey.float() + 1.0) / 2.0).contiguous().cpu().numpy()
+def _native_grey(grey: torch.Tensor) -> np.ndarray:
+    """``(g+1)/2`` of float32 grey as the C-contiguous array the native module reads."""
+    return _unit_grey(grey).contiguous().cpu().numpy()
 
 
 def _check_grey(grey: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -734,7 +743,7 @@ def _partition_stack(grey: torch.Tensor, n: int, weight: float, min_size: int,
     _check_reachable(n, h, w, min_size)
     if _use_native(grey):
         out = np.empty((p, n, 4), np.int32)
-        _native.partition(_unit(grey), p, h, w, None if bias is None else _bias_integral(bias), n, min_size,
+        _native.partition(_native_grey(grey), p, h, w, _bias_integral(bias), n, min_size,
                           float(weight), torch.get_num_threads(), out)
         return list(out.astype(np.int64))
     ev = _Evaluator(grey, weight, bias)
