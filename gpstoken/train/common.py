@@ -281,6 +281,16 @@ class Run:
     def every(self, n: int) -> bool:
         return n > 0 and self.step % n == 0
 
+    def checkpoint_or_stop(self) -> bool:
+        """End of an optimizer step: the periodic checkpoint (``save_every``; the final one is
+        the caller's), then True when the time budget is spent (logged)."""
+        if self.every(self.cfg.save_every) and self.step < self.cfg.max_steps:
+            self.save()
+        if self.out_of_time():
+            self.log_text(f"time budget of {self.cfg.max_minutes} min reached at step {self.step}")
+            return True
+        return False
+
     def elapsed_minutes(self) -> float:
         return (time.monotonic() - self.t0) / 60.0
 

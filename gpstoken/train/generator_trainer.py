@@ -334,10 +334,7 @@ class GeneratorTrainer:
                 run.tick({"loss": stats["loss"]})
                 if run.every(cfg.log_every):
                     run.log_metrics(run.mean_over_processes(stats))
-                if run.every(cfg.save_every) and run.step < cfg.max_steps:
-                    run.save()
-                if run.out_of_time():
-                    run.log_text(f"time budget of {cfg.max_minutes} min reached at step {run.step}")
+                if run.checkpoint_or_stop():
                     break
         finally:
             run.close_bar()

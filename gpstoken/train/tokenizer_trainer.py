@@ -264,10 +264,7 @@ class TokenizerTrainer:
                     last_eval = self.evaluate(want_samples)
                     if want_eval and last_eval:
                         run.log_metrics(last_eval)
-                if run.every(cfg.save_every) and run.step < cfg.max_steps:
-                    run.save()
-                if run.out_of_time():
-                    run.log_text(f"time budget of {cfg.max_minutes} min reached at step {run.step}")
+                if run.checkpoint_or_stop():
                     break
         finally:
             run.close_bar()
