@@ -22,6 +22,19 @@ import triton.language as tl
 
 
 @triton.jit
+def _box_span(coords_ptr, size, mu, half, BLOCK_P: tl.constexpr):
+    """Box ends along one axis: (number of pixel centres before the box, number inside it)."""
+    first = tl.zeros((), dtype=tl.int32)
+    count = tl.zeros((), dtype=tl.int32)
+    for k0 in range(0, size, BLOCK_P):
+        k = k0 + tl.arange(0, BLOCK_P)
+        d = tl.load(coords_ptr + k, mask=k < size, other=0.0) - mu
+        first += tl.sum(((k < size) & (d < -half)).to(tl.int32), axis=0)
+        count += tl.sum(((k < size) & (tl.abs(d) <= half)).to(tl.int32), axis=0)
+    return first, count
+
+
+@triton.jit
 def splat_backward_kernel(
     geo_ptr, feat_ptr, xs_ptr, ys_ptr, gout_ptr, ggeo_ptr, gfeat_ptr,
     N, C, H, W, support,
@@ -40,21 +53,8 @@ def splat_backward_kernel(
     hx = support * sx
     hy = support * sy
     a = 0.5 / (1.0 - rho * rho)
-    # Box ends: first = number of centres before the box, n = number inside it.
-    c0 = tl.zeros((), dtype=tl.int32)
-    nx = tl.zeros((), dtype=tl.int32)
-    for j0 in range(0, W, BLOCK_P):
-        j = j0 + tl.arange(0, BLOCK_P)
-        d = tl.load(xs_ptr + j, mask=j < W, other=0.0) - mx
-        c0 += tl.sum(((j < W) & (d < -hx)).to(tl.int32), axis=0)
-        nx += tl.sum(((j < W) & (tl.abs(d) <= hx)).to(tl.int32), axis=0)
-    r0 = tl.zeros((), dtype=tl.int32)
-    ny = tl.zeros((), dtype=tl.int32)
-    for i0 in range(0, H, BLOCK_P):
-        i = i0 + tl.arange(0, BLOCK_P)
-        d = tl.load(ys_ptr + i, mask=i < H, other=0.0) - my
-        r0 += tl.sum(((i < H) & (d < -hy)).to(tl.int32), axis=0)
-        ny += tl.sum(((i < H) & (tl.abs(d) <= hy)).to(tl.int32), axis=0)
+    c0, nx = _box_span(xs_ptr, W, mx, hx, BLOCK_P)
+    r0, ny = _box_span(ys_ptr, H, my, hy, BLOCK_P)
     count = nx * ny
     nx_div = tl.maximum(nx, 1)
     acc_sx = tl.zeros((BLOCK_P,), dtype=tl.float32)
