@@ -18,7 +18,7 @@ import torch
 import gpstoken
 from gpstoken.layout import Layout
 from gpstoken.train.data import DataConfig, EvalDataset, heldout_images
-from gpstoken.train.losses import PerceptualLoss, psnr, ssim, stlpips_available
+from gpstoken.metrics import STLPIPS, psnr, ssim, stlpips_available
 
 
 def evaluate(checkpoint: str, init: str, n_tokens: int, crops: int, lpips) -> dict[str, float]:
@@ -35,7 +35,7 @@ def evaluate(checkpoint: str, init: str, n_tokens: int, crops: int, lpips) -> di
         scores["ssim"].append(ssim(rec, image).item())
         if lpips is not None:
             with torch.no_grad():
-                scores["st-lpips"].append(lpips(rec, image).item())
+                scores["st-lpips"].append(lpips(rec, image).mean().item())
     return {k: sum(v) / len(v) for k, v in scores.items() if v}
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--crops", type=int, default=8, help="crops per held-out photo")
     a = p.parse_args()
     torch.manual_seed(0)
-    lpips = PerceptualLoss().eval() if stlpips_available() else None
+    lpips = STLPIPS().eval() if stlpips_available() else None
     print("| checkpoint | init | tokens | PSNR (dB) | SSIM | ST-LPIPS |")
     print("|---|---|---|---|---|---|")
     for spec in a.checkpoints:

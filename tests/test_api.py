@@ -9,7 +9,7 @@ from PIL import Image
 import gpstoken
 from gpstoken import cli
 from gpstoken.images import to_tensor
-from gpstoken.train.losses import psnr
+from gpstoken.metrics import psnr
 
 REPO_DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "data"
 

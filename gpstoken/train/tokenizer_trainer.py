@@ -23,8 +23,8 @@ from ..models.tokenizer import GPSTokenizer
 from .common import Run, RunConfig, architecture, lr_factor, set_lr
 from .data import CropDataset, EvalDataset, StepBatchSampler, heldout_images, make_loader, training_images
 from .ema import EMA
-from .losses import (PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, maybe_perceptual, psnr,
-                     reconstruction_loss, ssim)
+from ..metrics import psnr, ssim
+from .losses import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, maybe_perceptual, reconstruction_loss
 
 
 @dataclass
