@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "encode": "api", "decode": "api", "reconstruct": "api", "edit_layout": "api", "generate": "api",
     "Layout": "layout", "calibrate": "layout", "GPSTokens": "tokens",
+    "TokenDataset": "token_dataset",
     "Tokenizer": "pipeline", "Generator": "pipeline", "load_tokenizer": "pipeline", "load_generator": "pipeline",
 }
 

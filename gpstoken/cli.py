@@ -1,4 +1,5 @@
-"""``gpstoken`` command line: reconstruct, encode, decode, show, generate, models, convert, train."""
+"""``gpstoken`` command line: reconstruct, encode, decode, show, generate, tokenize, eval, models, convert,
+train."""
 from __future__ import annotations
 
 import argparse
@@ -84,6 +85,19 @@ def _cmd_convert(a: argparse.Namespace) -> None:
     print(f"wrote {a.output}")
 
 
+def _cmd_tokenize(a: argparse.Namespace) -> None:
+    from .pretokenize import tokenize
+
+    manifest = tokenize(a.src, a.out, a.tokens, model=a.model, size=a.size, batch_size=a.batch_size,
+                        shard_size=a.shard_size, num_workers=a.workers, split=a.split, image_column=a.image_column,
+                        device=a.device)
+    if manifest is None:
+        print(f"this process's shards are done; the last process to finish writes {Path(a.out) / 'manifest.json'}")
+        return
+    skipped = f", {len(manifest['skipped'])} skipped (listed in the manifest)" if manifest["skipped"] else ""
+    print(f"wrote {manifest['images']} images in {len(manifest['shards'])} shards to {a.out}{skipped}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpstoken", description="GPSToken image tokenizer and generator")
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(g)
     g.set_defaults(func=_cmd_generate)
 
+    k = sub.add_parser("tokenize", help="tokenize a folder / list file / dataset into sharded safetensors")
+    k.add_argument("src", metavar="SRC", help="folder of images (recursive), .txt list of paths, or a datasets dataset")
+    k.add_argument("out", metavar="OUT", help="output folder (rerun the same command to resume)")
+    k.add_argument("--tokens", type=int, required=True, help="tokens per 256x256 patch")
+    k.add_argument("--size", type=int, default=256, help="shorter side resized to this, then centre crop")
+    k.add_argument("--batch-size", type=int, default=32)
+    k.add_argument("--shard-size", type=int, default=1024, help="source images per shard")
+    k.add_argument("--workers", type=int, default=None, help="DataLoader workers (decode + partition)")
+    k.add_argument("--split", default="train", help="dataset split (datasets sources)")
+    k.add_argument("--image-column", default=None, help="image column (datasets sources; default: the first Image)")
+    common(k)
+    k.set_defaults(func=_cmd_tokenize)
+
     m = sub.add_parser("models", help="list the registered pretrained checkpoints")
     m.set_defaults(func=_cmd_models)
 
@@ -154,6 +181,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        print(f"gpstoken {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         print(f"gpstoken {args.command}: error: {e}", file=sys.stderr)
         return 1

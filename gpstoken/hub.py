@@ -26,6 +26,7 @@ local path.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
 import os
@@ -209,6 +210,15 @@ def _atomic_save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, m
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _is_pickle(path: Path) -> bool:

@@ -128,6 +128,24 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
 PATCH = 256
 
 
+def resize_short_side(img: Image.Image, short: int) -> Image.Image:
+    """Resize (bicubic, antialiased when shrinking) so that the shorter side is ``short``;
+    the longer side is rounded and never below ``short``."""
+    w, h = img.size
+    s = short / min(w, h)
+    size = (max(short, round(w * s)), max(short, round(h * s)))
+    return img.resize(size, Image.BICUBIC, reducing_gap=None if s >= 1 else 3.0)
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """The evaluation protocol's crop: shorter side to ``size`` (:func:`resize_short_side`),
+    then the central ``size x size`` square (offsets rounded down)."""
+    img = resize_short_side(img.convert("RGB"), size)
+    w, h = img.size
+    x0, y0 = (w - size) // 2, (h - size) // 2
+    return img.crop((x0, y0, x0 + size, y0 + size))
+
+
 def patch_grid(height: int, width: int) -> tuple[int, int]:
     """Number of 256x256 patches (rows, cols) that cover an image of ``height x width``."""
     return -(-height // PATCH), -(-width // PATCH)

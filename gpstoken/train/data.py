@@ -36,8 +36,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from ..images import resize_short_side
+from ..sources import IMAGE_EXTENSIONS, image_files
+
 PATCH = 256
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 #: scikit-image images used for training; in the labeled variant, class i is the i-th name.
 OFFLINE_CLASSES: tuple[str, ...] = (
@@ -218,14 +220,10 @@ def offline_images(split: str = "train", labeled: bool = False) -> list[ImageEnt
         import mvtbdata
 
         root = Path(os.path.dirname(mvtbdata.__file__)) / "images"
-        entries += [ImageEntry(f"mvtb:{p.name}", _file_loader(str(p))) for p in _image_files(root)]
+        entries += [ImageEntry(f"mvtb:{p.name}", _file_loader(str(p))) for p in image_files(root)]
     except ImportError:
         pass
     return entries
-
-
-def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def folder_images(root: str | os.PathLike, labeled: bool = False) -> tuple[list[ImageEntry], list[str]]:
@@ -234,7 +232,7 @@ def folder_images(root: str | os.PathLike, labeled: bool = False) -> tuple[list[
     if not root.is_dir():
         raise FileNotFoundError(f"data source: {root} is not a folder of images")
     if not labeled:
-        files = _image_files(root)
+        files = image_files(root)
         classes: list[str] = []
         entries = [ImageEntry(str(p.relative_to(root)), _file_loader(str(p))) for p in files]
     else:
@@ -242,7 +240,7 @@ def folder_images(root: str | os.PathLike, labeled: bool = False) -> tuple[list[
         if not classes:
             raise ValueError(f"data source: labeled=True needs one sub-folder per class under {root}")
         entries = [ImageEntry(str(p.relative_to(root)), _file_loader(str(p)), i)
-                   for i, c in enumerate(classes) for p in _image_files(root / c)]
+                   for i, c in enumerate(classes) for p in image_files(root / c)]
     if not entries:
         raise ValueError(f"data source: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return entries, classes
@@ -317,14 +315,6 @@ def layout_arrays(image: torch.Tensor, n_tokens: int, init: str = "adaptive", we
 # ----------------------------------------------------------------------------- crops
 
 
-def _resize_short_side(arr: np.ndarray, short: int) -> Image.Image:
-    im = Image.fromarray(arr)
-    w, h = im.size
-    s = short / min(w, h)
-    size = (max(short, round(w * s)), max(short, round(h * s)))
-    return im.resize(size, Image.BICUBIC, reducing_gap=None if s >= 1 else 3.0)
-
-
 def make_crop(arr: np.ndarray, rng: Optional[np.random.Generator], cfg: DataConfig) -> torch.Tensor:
     """A 256x256 crop of ``arr`` (HxWx3 uint8) as ``[3,256,256]`` in ``[-1,1]``.
 
@@ -335,7 +325,7 @@ def make_crop(arr: np.ndarray, rng: Optional[np.random.Generator], cfg: DataConf
     else:
         lo, hi = cfg.scale_range
         scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else lo
-    im = _resize_short_side(arr, max(PATCH, round(PATCH * scale)))
+    im = resize_short_side(Image.fromarray(arr), max(PATCH, round(PATCH * scale)))
     w, h = im.size
     if rng is not None and cfg.random_crop:
         x0, y0 = int(rng.integers(0, w - PATCH + 1)), int(rng.integers(0, h - PATCH + 1))

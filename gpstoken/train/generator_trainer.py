@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..hub import file_digest
 from ..models.configs import SIT_ARCHS, SiTConfig, TokenizerConfig
 from ..models.sit import SiT
 from ..models.tokenizer import GPSTokenizer
@@ -95,14 +96,6 @@ class GeneratorTrainConfig(RunConfig):
 # ----------------------------------------------------------------------------- extraction
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_tokenizer_model(name_or_path: str, device: torch.device) -> GPSTokenizer:
     """A :class:`GPSTokenizer` (eval mode, on ``device``) from a registry name, Hub id or local
     safetensors file, via :func:`gpstoken.hub.resolve` (the config comes from its metadata)."""
@@ -128,7 +121,7 @@ def extract(cfg: GeneratorTrainConfig, run: Run, with_tokens: bool) -> dict[str,
     if with_tokens:
         if not cfg.tokenizer:
             raise ValueError("tokenizer: texture training needs the trained tokenizer (path or registry name)")
-        tok_key = _file_digest(cfg.tokenizer) if os.path.isfile(cfg.tokenizer) else cfg.tokenizer
+        tok_key = file_digest(cfg.tokenizer) if os.path.isfile(cfg.tokenizer) else cfg.tokenizer
     key_src = json.dumps({"data": cfg.data.to_dict(), "n": cfg.extract_samples, "seed": cfg.seed, "tok": tok_key},
                          sort_keys=True, default=str)
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]

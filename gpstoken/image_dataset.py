@@ -1,0 +1,113 @@
+"""The input side of ``gpstoken tokenize`` / ``gpstoken eval``: images of a source, prepared
+by the standard protocol in DataLoader workers, and the process layout of a multi-process run.
+
+A worker decodes image ``i``, resizes its shorter side to ``size`` and centre-crops it
+(:func:`gpstoken.images.center_crop`), and computes the entropy partition for each requested
+token count, so the main process only runs the model. Images that cannot be decoded or are
+smaller than :data:`gpstoken.images.MIN_SIDE` come back as a skip with the reason.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .images import MIN_SIDE, center_crop
+from .partition import partition
+from .sources import ImageSource, UnreadableImage
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a run started by ``accelerate launch`` / ``torchrun`` (env
+    ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; one process when unset)."""
+
+    rank: int
+    world: int
+    local_rank: int
+
+    @classmethod
+    def from_env(cls) -> "Processes":
+        def get(name: str, default: int) -> int:
+            value = os.environ.get(name, "")
+            try:
+                return int(value) if value else default
+            except ValueError:
+                raise ValueError(f"environment variable {name}: expected an integer, got {value!r}") from None
+
+        world = get("WORLD_SIZE", 1)
+        rank = get("RANK", 0)
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"environment: RANK={rank} must lie in [0, WORLD_SIZE={world})")
+        return cls(rank, world, get("LOCAL_RANK", rank))
+
+    def device(self) -> torch.device:
+        """``cuda:LOCAL_RANK`` when CUDA is present (one GPU per process), else the CPU."""
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+
+class PreparedImages(Dataset):
+    """Item ``i``: ``{"index": i, "image": float32 [3,S,S] in [-1,1], "source_size": int64 [2],
+    "layouts": {n: (geometry [N,5], regions [N,4])}}`` with N = n * patches, or
+    ``{"index": i, "skip": reason}``."""
+
+    def __init__(self, source: ImageSource, size: int, token_counts: Sequence[int]) -> None:
+        self.source = source
+        self.size = size
+        self.token_counts = list(token_counts)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            img = self.source.load(i)
+        except UnreadableImage as e:
+            return {"index": i, "skip": str(e)}
+        w, h = img.size
+        if min(w, h) < MIN_SIDE:
+            return {"index": i, "skip": f"too small: {w}x{h} pixels, the shorter side must be >= {MIN_SIDE}"}
+        arr = np.array(center_crop(img, self.size), dtype=np.uint8)
+        image = torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0
+        layouts = {}
+        for n in self.token_counts:
+            lay = partition(image[None], n)
+            layouts[n] = (lay.geometry[0], lay.regions[0])
+        return {"index": i, "image": image, "source_size": torch.tensor([h, w]), "layouts": layouts}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the usable items of a batch; ``skipped`` lists ``(index, reason)`` of the others.
+    ``image`` is None when every item was skipped."""
+    ok = [it for it in items if "skip" not in it]
+    batch: dict[str, Any] = {"skipped": [(it["index"], it["skip"]) for it in items if "skip" in it],
+                             "index": torch.tensor([it["index"] for it in ok], dtype=torch.int64)}
+    if not ok:
+        batch["image"] = None
+        return batch
+    batch["image"] = torch.stack([it["image"] for it in ok])
+    batch["source_size"] = torch.stack([it["source_size"] for it in ok])
+    batch["layouts"] = {n: (torch.stack([it["layouts"][n][0] for it in ok]), torch.stack([it["layouts"][n][1] for it in ok]))
+                        for n in ok[0]["layouts"]}
+    return batch
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def loader(dataset: PreparedImages, batches: list[list[int]], num_workers: Optional[int] = None) -> DataLoader:
+    """A DataLoader that yields :func:`collate` batches of the given index lists, in order.
+    num_workers: decoding + partition processes (default: up to 4, one per CPU core minus one)."""
+    if num_workers is None:
+        num_workers = max(0, min(4, (os.cpu_count() or 1) - 1))
+    kw: dict[str, Any] = {}
+    if num_workers:
+        kw = dict(worker_init_fn=_worker_init, prefetch_factor=4)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate, **kw)

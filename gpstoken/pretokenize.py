@@ -1,0 +1,140 @@
+"""``gpstoken tokenize``: a whole image source to sharded tokens (format: :mod:`gpstoken.shards`).
+
+Resumable: shards are written atomically and a rerun of the same command skips the shards
+that are finished (same model checkpoint, token count, size and images). Deterministic: a
+shard's images are batched the same way whatever the number of processes and wherever a
+run was interrupted, so the tensors are identical (given the same hardware and thread
+counts). Multi-process: under ``accelerate launch`` / ``torchrun`` process ``RANK`` of
+``WORLD_SIZE`` tokenizes shards ``RANK, RANK + WORLD_SIZE, ...`` on ``cuda:LOCAL_RANK``;
+whichever process finishes last writes the manifest. bfloat16 autocast on CUDA, float32 on
+the CPU.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import hub, shards
+from .image_dataset import PreparedImages, Processes, loader
+from .images import MIN_SIDE
+from .layout import Layout
+from .partition import max_cells
+from .pipeline import Tokenizer, load_tokenizer
+from .sources import open_source
+
+PREPROCESSING = "shorter side resized to {size} (bicubic, antialiased), centre {size}x{size} crop"
+
+
+def _check_int(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    return value
+
+
+def model_digest(name_or_path: str) -> str:
+    """SHA-256 of the tokenizer checkpoint file ``name_or_path`` resolves to."""
+    return hub.file_digest(hub.resolve(name_or_path, "tokenizer").path)
+
+
+def check_token_count(n_tokens: Any, name: str = "--tokens") -> int:
+    """``n_tokens`` as an int that the entropy partition can reach on a 256 patch."""
+    n = _check_int(n_tokens, name, 1)
+    if n > max_cells(256, 256):
+        raise ValueError(f"{name}: at most {max_cells(256, 256)} tokens per 256x256 patch, got {n}")
+    return n
+
+
+def encode_batch(tok: Tokenizer, images: torch.Tensor, layout: tuple[torch.Tensor, torch.Tensor]):
+    """Encode a prepared batch (:func:`gpstoken.image_dataset.collate`) with its layout."""
+    size = tuple(images.shape[-2:])
+    return tok.encode_tensor(images, Layout(layout[0], layout[1], size))
+
+
+def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, model: str = "default",
+             size: int = 256, batch_size: int = 32, shard_size: int = 1024, num_workers: Optional[int] = None,
+             split: str = "train", image_column: Optional[str] = None, device: Optional[str] = None,
+             progress: bool = True) -> Optional[dict[str, Any]]:
+    """Tokenize every image of ``src`` into ``out`` (see the module doc and
+    :mod:`gpstoken.shards`). Returns the manifest when this process wrote it (the last one
+    to finish), else None.
+
+    src: folder, list file or ``datasets`` dataset (:func:`gpstoken.sources.open_source`).
+    n_tokens: tokens per 256x256 patch. size: the crop side (>= 32; multiples of 256 make
+    whole patches). shard_size: source images per shard.
+    """
+    n_tokens = check_token_count(n_tokens)
+    size = _check_int(size, "--size", MIN_SIDE)
+    batch_size = _check_int(batch_size, "--batch-size", 1)
+    shard_size = _check_int(shard_size, "--shard-size", 1)
+    procs = Processes.from_env()
+    source = open_source(src, split=split, image_column=image_column)
+    dev = torch.device(device) if device is not None else procs.device()
+    tok = load_tokenizer(model, device=dev, dtype="bfloat16" if dev.type == "cuda" else None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = {"model": tok.name, "model_sha256": model_digest(model), "n_tokens": n_tokens,
+              "channels": tok.config.gps_c, "image_size": [size, size],
+              "preprocessing": PREPROCESSING.format(size=size), "source": source.description,
+              "source_images": len(source), "shard_size": shard_size,
+              "encode_dtype": str(tok.dtype).removeprefix("torch.")}
+    run = {k: header[k] for k in ("model_sha256", "n_tokens", "image_size", "shard_size", "encode_dtype")}
+    n_shards = -(-len(source) // shard_size)
+    pending = []
+    for s in range(procs.rank, n_shards, procs.world):
+        ids = source.ids[s * shard_size:(s + 1) * shard_size]
+        info = shards.shard_info(out / shards.shard_name(s))
+        if info is None:
+            pending.append(s)
+        elif info["run"] != run or sorted(info["ids"] + [k["id"] for k in info["skipped"]]) != sorted(ids):
+            raise ValueError(f"OUT: {out / shards.shard_name(s)} was written by a different run "
+                             f"({info['run']} vs {run}, or other images); use another OUT folder or delete it")
+    batches, owner = [], []
+    for s in pending:
+        lo, hi = s * shard_size, min(len(source), (s + 1) * shard_size)
+        for b in range(lo, hi, batch_size):
+            batches.append(list(range(b, min(hi, b + batch_size))))
+            owner.append(s)
+    if pending:
+        _run(tok, source, n_tokens, size, batches, owner, out, run, num_workers,
+             progress and procs.rank == 0, f"tokenize [{procs.rank}/{procs.world}]" if procs.world > 1 else "tokenize")
+    return shards.build_manifest(out, n_shards, header)
+
+
+def _run(tok: Tokenizer, source, n_tokens: int, size: int, batches: list[list[int]], owner: list[int],
+         out: Path, run: dict[str, Any], num_workers: Optional[int], progress: bool, desc: str) -> None:
+    from tqdm.auto import tqdm
+
+    data = loader(PreparedImages(source, size, [n_tokens]), batches, num_workers)
+    bar = tqdm(total=sum(map(len, batches)), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
+    parts: dict[str, list] = {k: [] for k in shards.TENSORS}
+    skipped: list[dict[str, Any]] = []
+    try:
+        for b, batch in enumerate(data):
+            skipped += [{"index": i, "id": source.ids[i], "reason": r} for i, r in batch["skipped"]]
+            if batch["image"] is not None:
+                tokens = encode_batch(tok, batch["image"], batch["layouts"][n_tokens])
+                for k, v in (("geometry", tokens.geometry), ("features", tokens.features),
+                             ("layout.geometry", tokens.layout.geometry), ("layout.regions", tokens.layout.regions),
+                             ("source_size", batch["source_size"]), ("index", batch["index"])):
+                    parts[k].append(v.cpu())
+            bar.update(len(batches[b]))
+            if b + 1 == len(batches) or owner[b + 1] != owner[b]:
+                _write(out, owner[b], parts, skipped, source, run, n_tokens * ((size + 255) // 256) ** 2,
+                       tok.config.gps_c)
+                parts = {k: [] for k in shards.TENSORS}
+                skipped = []
+    finally:
+        bar.close()
+
+
+def _write(out: Path, s: int, parts: dict[str, list], skipped: list[dict[str, Any]], source, run: dict[str, Any],
+           n: int, c: int) -> None:
+    empty = {"geometry": torch.zeros(0, n, 5), "features": torch.zeros(0, n, c), "layout.geometry": torch.zeros(0, n, 5),
+             "layout.regions": torch.zeros(0, n, 4), "source_size": torch.zeros(0, 2, dtype=torch.int64),
+             "index": torch.zeros(0, dtype=torch.int64)}
+    tensors = {k: torch.cat(v) if v else empty[k] for k, v in parts.items()}
+    ids = [source.ids[i] for i in tensors["index"].tolist()]
+    shards.write_shard(out / shards.shard_name(s), tensors, run, ids, skipped)

@@ -1,0 +1,136 @@
+"""Image sources for ``gpstoken tokenize`` / ``gpstoken eval``: a folder, a list file or a
+Hugging Face ``datasets`` dataset, seen as one ordered list of images with stable ids.
+
+* a folder: every image file below it (recursive; extensions :data:`IMAGE_EXTENSIONS`),
+  sorted; ids are the paths relative to the folder (``/`` separated);
+* a text file (``.txt`` / ``.lst``): one image path per line (relative paths are relative to
+  the file's folder; blank lines and ``#`` comments skipped); ids are the lines as written;
+* a ``datasets`` dataset: a folder written by ``Dataset.save_to_disk`` or a Hub dataset name
+  (optional dependency ``datasets``; ``split`` picks the split), with an image column (the
+  first ``Image`` feature unless ``image_column`` is given); ids are ``"<split>/<row>"``.
+
+:meth:`ImageSource.load` returns an RGB PIL image and raises :class:`UnreadableImage` (with
+the reason) for a file that cannot be decoded, so a run can list and skip it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+LIST_EXTENSIONS = (".txt", ".lst")
+
+
+class UnreadableImage(Exception):
+    """An image of a source that cannot be read; the message says why."""
+
+
+def image_files(root: Path) -> list[Path]:
+    """Image files below ``root`` (recursive), sorted."""
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _open_rgb(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"cannot decode {path}: {e}") from None
+
+
+class ImageSource:
+    """An ordered list of images: ``len(src)``, ``src.ids[i]`` and ``src.load(i)`` (RGB PIL).
+
+    Picklable, so DataLoader workers load (decode) the images. ``description`` says what
+    the source is, for manifests.
+    """
+
+    def __init__(self, ids: list[str], description: str, *, paths: Optional[list[str]] = None,
+                 dataset: Any = None, column: Optional[str] = None) -> None:
+        self.ids = ids
+        self.description = description
+        self._paths = paths
+        self._dataset = dataset
+        self._column = column
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int) -> Image.Image:
+        if self._paths is not None:
+            return _open_rgb(self._paths[i])
+        try:
+            value = self._dataset[i][self._column]
+        except (OSError, ValueError) as e:
+            raise UnreadableImage(f"cannot decode row {i} of the dataset: {e}") from None
+        if isinstance(value, dict) and value.get("path"):  # an undecoded Image feature
+            return _open_rgb(value["path"])
+        if not isinstance(value, Image.Image):
+            raise UnreadableImage(f"row {i}: column {self._column!r} holds {type(value).__name__}, not an image")
+        return value.convert("RGB")
+
+
+def _from_list_file(path: Path) -> ImageSource:
+    ids, paths = [], []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        ids.append(line)
+        p = Path(line)
+        paths.append(str(p if p.is_absolute() else path.parent / p))
+    if not ids:
+        raise ValueError(f"SRC: the list file {path} names no images")
+    return ImageSource(ids, f"list file {path}", paths=paths)
+
+
+def _from_folder(root: Path) -> ImageSource:
+    files = image_files(root)
+    if not files:
+        raise ValueError(f"SRC: no images ({', '.join(IMAGE_EXTENSIONS)}) under the folder {root}")
+    return ImageSource([p.relative_to(root).as_posix() for p in files], f"folder {root}", paths=[str(p) for p in files])
+
+
+def _from_datasets(src: str, split: str, image_column: Optional[str]) -> ImageSource:
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"SRC: {src!r} is not a folder or a list file; to read a Hugging Face dataset "
+                         "install the optional dependency: pip install datasets") from None
+    try:
+        if Path(src).is_dir():
+            ds = datasets.load_from_disk(src)
+        else:
+            ds = datasets.load_dataset(src, split=split)
+    except Exception as e:  # datasets raises many kinds (FileNotFoundError, ConnectionError, DatasetNotFoundError)
+        raise ValueError(f"SRC: cannot open the dataset {src!r}: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise ValueError(f"--split: the dataset {src!r} has splits {sorted(ds)}, not {split!r}")
+        ds = ds[split]
+    images = [k for k, f in ds.features.items() if isinstance(f, datasets.Image)]
+    column = image_column or (images[0] if images else None)
+    if column is None or column not in ds.features:
+        raise ValueError(f"--image-column: the dataset {src!r} has columns {list(ds.features)}; "
+                         f"name its image column (got {image_column!r})")
+    return ImageSource([f"{split}/{i}" for i in range(len(ds))], f"dataset {src} [{split}]",
+                       dataset=ds.select_columns([column]), column=column)
+
+
+def open_source(src: str | os.PathLike, *, split: str = "train", image_column: Optional[str] = None) -> ImageSource:
+    """The images of ``src`` (see the module doc). Raises ValueError / FileNotFoundError naming
+    SRC when it is empty or cannot be opened."""
+    p = Path(src)
+    if p.is_dir() and not (p / "dataset_info.json").exists() and not (p / "dataset_dict.json").exists():
+        return _from_folder(p)
+    if p.is_file():
+        if p.suffix.lower() not in LIST_EXTENSIONS:
+            raise ValueError(f"SRC: {p} is a file but not a list of image paths ({', '.join(LIST_EXTENSIONS)}); "
+                             "pass a folder, a list file or a dataset")
+        return _from_list_file(p)
+    if not p.exists() and (str(src).startswith((".", "/")) or p.suffix):
+        raise FileNotFoundError(f"SRC: {src} does not exist")
+    return _from_datasets(str(src), split, image_column)

@@ -1,0 +1,153 @@
+"""`gpstoken tokenize` and `TokenDataset`: values equal the API's encode, bad images are listed
+and skipped, a crashed / killed run resumes to the same bytes, two processes write the same
+shards as one. Embedded default model, the example photos, 32 tokens per patch."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import gpstoken
+from gpstoken import shards
+from gpstoken.images import center_crop
+from gpstoken.pretokenize import tokenize
+
+REPO = Path(__file__).resolve().parents[1]
+N = 32
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """The three example photos (one in a sub-folder), an undecodable file and a 20x40 image."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub").mkdir()
+    for i, p in enumerate(sorted((REPO / "examples" / "data").glob("*.png"))):
+        shutil.copy(p, root / ("sub" if i == 1 else ".") / p.name)
+    (root / "broken.png").write_bytes(b"not a png at all")
+    Image.new("RGB", (40, 20), (10, 20, 30)).save(root / "tiny.png")
+    return root
+
+
+def _bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.safetensors"))}
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    e = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "gpstoken.cli", *args], env=e, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(photos, tmp_path_factory) -> Path:
+    """An uninterrupted one-process run: 5 source images, shards of 2, batches of 2."""
+    out = tmp_path_factory.mktemp("ref")
+    manifest = tokenize(photos, out, N, shard_size=2, batch_size=2, num_workers=0, progress=False)
+    assert manifest is not None
+    return out
+
+
+def test_tokens_match_encode_and_bad_images_are_listed(photos, reference):
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert manifest["source_images"] == 5 and manifest["images"] == 3 and manifest["n_tokens"] == N
+    assert [s["images"] for s in manifest["shards"]] == [1, 2, 0]  # broken / tiny are left out of their shards
+    reasons = {s["id"]: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == {"broken.png", "tiny.png"}
+    assert "cannot decode" in reasons["broken.png"] and "too small: 40x20" in reasons["tiny.png"]
+    assert manifest["model"] == "gpstoken-tiny" and len(manifest["model_sha256"]) == 64
+
+    ds = gpstoken.TokenDataset(reference)
+    assert len(ds) == 3 and ds.image_size == (256, 256)
+    assert [ds[i]["id"] for i in range(3)] == ["astronaut.png", "coffee.png", "sub/chelsea.png"]
+    item = ds[2]
+    assert item["geometry"].shape == (N, 5) and item["features"].shape == (N, 16)
+    src = Image.open(photos / "sub" / "chelsea.png")
+    assert item["source_size"].tolist() == [src.height, src.width]
+    expected = gpstoken.encode(center_crop(src, 256), N, device="cpu")
+    torch.testing.assert_close(item["geometry"], expected.geometry[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(item["features"], expected.features[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(item["layout_regions"], expected.layout.regions[0])
+    rec = gpstoken.decode(ds.tokens(2))  # decodes back to a 256 image
+    assert rec.size == (256, 256)
+
+
+def test_crash_then_resume_gives_identical_shards(photos, reference, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / shards.shard_name(1)).mkdir()  # the second shard cannot be written: the run crashes there
+    with pytest.raises(OSError):
+        tokenize(photos, out, N, shard_size=2, batch_size=2, num_workers=0, progress=False)
+    assert not (out / "manifest.json").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    first = (out / shards.shard_name(0)).stat()
+    (out / shards.shard_name(1)).rmdir()
+    with pytest.raises(FileNotFoundError, match="not finished"):
+        gpstoken.TokenDataset(out)
+    assert tokenize(photos, out, N, shard_size=2, batch_size=2, num_workers=0, progress=False) is not None
+    assert (out / shards.shard_name(0)).stat().st_mtime_ns == first.st_mtime_ns  # finished shard skipped
+    assert _bytes(out) == _bytes(reference)
+    assert json.loads((out / "manifest.json").read_text()) == json.loads((reference / "manifest.json").read_text())
+
+
+def test_killed_cli_run_resumes_and_two_processes_match_one(photos, reference, tmp_path):
+    killed = tmp_path / "killed"
+    proc = _cli("tokenize", str(photos), str(killed), "--tokens", str(N), "--shard-size", "2", "--batch-size", "2",
+                "--device", "cpu")
+    deadline = time.time() + 240
+    while not (killed / shards.shard_name(0)).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    (killed / ".shard-00002.safetensors.half.tmp").write_bytes(b"\0" * 100)  # what a kill mid-write leaves
+    (killed / shards.shard_name(2)).write_bytes(b"\0" * 100)  # or a truncated file under the final name
+    two = tmp_path / "two"
+    procs = [_cli("tokenize", str(photos), str(two), "--tokens", str(N), "--shard-size", "2", "--batch-size", "2",
+                  "--device", "cpu", "--workers", "0", env={"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)})
+             for r in range(2)]
+    resumed = _cli("tokenize", str(photos), str(killed), "--tokens", str(N), "--shard-size", "2", "--batch-size", "2",
+                   "--device", "cpu")
+    for p in [*procs, resumed]:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr
+    assert _bytes(killed) == _bytes(reference)
+    assert _bytes(two) == _bytes(reference)
+    for out in (killed, two):
+        assert json.loads((out / "manifest.json").read_text()) == json.loads((reference / "manifest.json").read_text())
+
+
+def test_list_file_source_and_errors(photos, reference, tmp_path, capsys):
+    from gpstoken.cli import main
+
+    lst = tmp_path / "images.txt"
+    lst.write_text(f"# two photos\n{photos / 'astronaut.png'}\n\n{photos / 'coffee.png'}\n")
+    out = tmp_path / "lst"
+    assert main(["tokenize", str(lst), str(out), "--tokens", str(N), "--workers", "0", "--device", "cpu"]) == 0
+    ds = gpstoken.TokenDataset(out)
+    ref = gpstoken.TokenDataset(reference)
+    assert len(ds) == 2 and ds[1]["id"] == str(photos / "coffee.png")
+    assert torch.equal(ds[1]["features"], ref[1]["features"])  # same image, same batch of 1 -> same tokens
+
+    def err(*args: str) -> str:
+        assert main(["tokenize", *args]) == 1
+        return capsys.readouterr().err
+
+    assert "--tokens: expected an integer >= 1" in err(str(lst), str(tmp_path / "x"), "--tokens", "0")
+    assert "at most" in err(str(lst), str(tmp_path / "x"), "--tokens", "5000")
+    assert "does not exist" in err(str(tmp_path / "missing"), str(tmp_path / "x"), "--tokens", "8")
+    assert "no images" in err(str(tmp_path / "lst"), str(tmp_path / "x"), "--tokens", "8")
+    assert "different run" in err(str(lst), str(out), "--tokens", "16", "--workers", "0", "--device", "cpu")
+    with pytest.raises(FileNotFoundError, match="gpstoken tokenize"):
+        gpstoken.TokenDataset(tmp_path)
+    with pytest.raises(IndexError):
+        ds[2]
+    assert np.isfinite(ds[-1]["geometry"].numpy()).all()
