@@ -78,7 +78,7 @@ def edit_layout(image_or_layout: ImageLike | Layout, *, n_tokens: Optional[int] 
     if remove:
         layout = layout.remove(remove)
     if move:
-        layout = layout.move(move)
+        layout = layout.move(list(move), list(move.values()))
     if add:
         layout = layout.add(add)
     return _calibrate(layout) if calibrate else layout

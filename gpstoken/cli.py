@@ -1,5 +1,5 @@
-"""``gpstoken`` command line: reconstruct, encode, decode, show, generate, tokenize, eval, models, convert,
-train."""
+"""``gpstoken`` command line: reconstruct, encode, decode, show, generate, tokenize, eval, studio, models,
+convert, train."""
 from __future__ import annotations
 
 import argparse
@@ -98,6 +98,23 @@ def _cmd_tokenize(a: argparse.Namespace) -> None:
     print(f"wrote {manifest['images']} images in {len(manifest['shards'])} shards to {a.out}{skipped}")
 
 
+def _cmd_studio(a: argparse.Namespace) -> None:
+    import errno
+
+    from .studio import Limits, serve
+
+    if a.max_side < 32:
+        raise ValueError(f"--max-side: must be at least 32 pixels, got {a.max_side}")
+    generator = None if a.generator.lower() == "none" else a.generator
+    try:
+        serve(a.model, generator, host=a.host, port=a.port, device=a.device, limits=Limits(max_side=a.max_side),
+              open_browser=not a.no_browser)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise OSError(f"port {a.port} on {a.host} is in use; pick another with --port") from None
+        raise
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpstoken", description="GPSToken image tokenizer and generator")
     sub = p.add_subparsers(dest="command", required=True)
@@ -156,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--image-column", default=None, help="image column (datasets sources; default: the first Image)")
     common(k)
     k.set_defaults(func=_cmd_tokenize)
+
+    st = sub.add_parser("studio", help="interactive layout editor in the browser (docs/studio.md)")
+    st.add_argument("--generator", default="default", help="generator for the Generate panel, or 'none'")
+    st.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    st.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
+    st.add_argument("--max-side", type=int, default=512, help="larger images are downscaled to this longer side")
+    st.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    common(st)
+    st.set_defaults(func=_cmd_studio)
 
     m = sub.add_parser("models", help="list the registered pretrained checkpoints")
     m.set_defaults(func=_cmd_models)

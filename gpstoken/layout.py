@@ -382,6 +382,24 @@ class Layout:
                               image=image, index=index, scale=scale)
 
 
+def image_pixels(geometry: torch.Tensor, regions: torch.Tensor, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussians and cells of one image in image pixel coordinates (x = column, y = row).
+
+    geometry: ``[N,5]``, regions: ``[N,4]``, patch frames, patch-major for a ``grid = (k, m)``
+    of 256 patches. Returns float64 ``cells [N,4]`` ``(x0, y0, x1, y1)`` inclusive pixel
+    ranges and ``gaussians [N,5]`` ``(cx, cy, sigma_x, sigma_y, rho)`` with centres and
+    sigmas in pixels (rho unchanged). Used for drawing and by the studio's editor.
+    """
+    g = geometry.detach().double().cpu().numpy()
+    r = regions.detach().double().cpu().numpy()
+    patch = np.arange(g.shape[0]) // (g.shape[0] // (grid[0] * grid[1]))
+    ox, oy = (patch % grid[1]) * PATCH, (patch // grid[1]) * PATCH
+    cells = _to_pixel(r) + np.stack([ox, oy, ox, oy], -1)
+    gaussians = np.stack([ox + _to_pixel(g[:, 3]), oy + _to_pixel(g[:, 4]),
+                          g[:, 0] * _LAST / 2.0, g[:, 1] * _LAST / 2.0, g[:, 2]], -1)
+    return cells, gaussians
+
+
 def draw_gaussians(
     geometry: torch.Tensor,
     regions: torch.Tensor,
@@ -417,21 +435,10 @@ def draw_gaussians(
     if scale > 1:
         canvas = canvas.resize((w * scale, h * scale), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)
-    g = geometry[index].detach().double().cpu().numpy()
-    r = regions[index].detach().double().cpu().numpy()
-    per_patch = g.shape[0] // (grid[0] * grid[1])
+    cells, gaussians = image_pixels(geometry[index], regions[index], grid)
     t = np.linspace(0.0, 2.0 * np.pi, 49)
-    for i in range(g.shape[0]):
-        row, col = divmod(i // per_patch, grid[1])
-        ox, oy = col * PATCH, row * PATCH
-        x0, y0, x1, y1 = _to_pixel(r[i])
-        draw.rectangle(
-            [(ox + x0) * scale, (oy + y0) * scale, (ox + x1 + 1) * scale - 1, (oy + y1 + 1) * scale - 1],
-            outline=_CELL_COLOUR,
-        )
-        sx, sy, rho, mx, my = g[i]
-        cx, cy = ox + _to_pixel(mx), oy + _to_pixel(my)
-        px_x, px_y = sx * _LAST / 2.0, sy * _LAST / 2.0  # sigma in pixels
+    for (x0, y0, x1, y1), (cx, cy, px_x, px_y, rho) in zip(cells, gaussians):
+        draw.rectangle([x0 * scale, y0 * scale, (x1 + 1) * scale - 1, (y1 + 1) * scale - 1], outline=_CELL_COLOUR)
         for k, colour in ((2.0, _SIGMA2_COLOUR), (1.0, _SIGMA1_COLOUR)):
             ex = cx + k * px_x * np.cos(t)
             ey = cy + k * px_y * (rho * np.cos(t) + math.sqrt(max(1.0 - rho * rho, 0.0)) * np.sin(t))
