@@ -109,6 +109,17 @@ def test_edit_layout_remove_and_add_keep_a_valid_layout(photo):
         gpstoken.edit_layout(layout, priority=[(0, 0, 10, 10)])
 
 
+def test_edit_layout_move_takes_index_to_pixel_centre(photo):
+    layout = gpstoken.edit_layout(photo, n_tokens=32)
+    moved = gpstoken.edit_layout(layout, move={3: (100.0, 50.0), 5: (10.0, 20.0)}, calibrate=False)
+    from gpstoken.layout import image_pixels
+
+    _, gaussians = image_pixels(moved.geometry[0], moved.regions[0], moved.grid)
+    assert gaussians[3, :2].tolist() == pytest.approx([100.0, 50.0], abs=1e-3)
+    assert gaussians[5, :2].tolist() == pytest.approx([10.0, 20.0], abs=1e-3)
+    assert torch.equal(moved.geometry[0, :3], layout.geometry[0, :3])
+
+
 def test_generate_is_reproducible_and_class_dependent():
     gen = gpstoken.load_generator("default")
     a = gpstoken.generate(0, n=1, seed=3, steps=8, sampler="ode", model=gen, progress=False)

@@ -18,7 +18,7 @@ PHOTO = REPO / "examples" / "data" / "astronaut.png"
 
 
 def _browser() -> tuple[str, str]:
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install gpstoken[browser-test])")
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
     browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
     driver = shutil.which("chromedriver")
     if browser is None or driver is None:
