@@ -9,9 +9,11 @@ box over the face, re-encodes, then marks a few Gaussian edits (pending) and sav
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import threading
 
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -42,7 +44,7 @@ def main() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     opts = Options()
     opts.binary_location = shutil.which("chromium") or shutil.which("google-chrome")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1520,820",
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1520,920",
                 "--hide-scrollbars"):
         opts.add_argument(arg)
     page = webdriver.Chrome(options=opts, service=Service(executable_path=shutil.which("chromedriver")))
@@ -63,7 +65,9 @@ def main() -> None:
         page.find_element("css selector", "input[name=tool][value=add]").click()
         for x, y in ((30, 220), (225, 200)):
             ActionChains(page).move_to_element_with_offset(canvas, *canvas_offset(canvas, x, y)).click().perform()
-        page.save_screenshot(a.output)
+        shot = Image.open(io.BytesIO(page.get_screenshot_as_png())).convert("RGB")
+        # 256 colours keep the PNG small (UI plus 256x256 pictures)
+        shot.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(a.output, optimize=True)
         print(f"wrote {a.output}")
     finally:
         page.quit()
