@@ -115,6 +115,19 @@ def _cmd_studio(a: argparse.Namespace) -> None:
         raise
 
 
+def _cmd_eval(a: argparse.Namespace) -> None:
+    from .evaluate import evaluate, markdown_table
+
+    results = evaluate(a.src, a.model, a.tokens, out=a.out, size=a.size, batch_size=a.batch_size,
+                       fid_weights=a.fid_weights, num_workers=a.workers, split=a.split, image_column=a.image_column,
+                       device=a.device)
+    if results is None:
+        return
+    print(markdown_table(results))
+    written = ", ".join(f.name for f in (Path(a.out) / n for n in ("eval.json", "eval.md", "eval.png")) if f.exists())
+    print(f"wrote {written} to {a.out}" + (f" (plot {results['plot']})" if "plot" in results else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpstoken", description="GPSToken image tokenizer and generator")
     sub = p.add_subparsers(dest="command", required=True)
@@ -182,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     common(st)
     st.set_defaults(func=_cmd_studio)
+
+    v = sub.add_parser("eval", help="reconstruction quality (PSNR, SSIM, ST-LPIPS, rFID) against the token count")
+    v.add_argument("src", metavar="SRC", help="folder of images (recursive), .txt list of paths, or a datasets dataset")
+    v.add_argument("--model", nargs="+", default=["default"], help="one or more tokenizers (one line each in the plot)")
+    v.add_argument("--tokens", type=int, nargs="+", default=[64, 128, 256], help="tokens per 256x256 patch")
+    v.add_argument("--size", type=int, default=256, help="shorter side resized to this, then centre crop")
+    v.add_argument("-o", "--out", default="eval", help="folder for eval.json, eval.md, eval.png")
+    v.add_argument("--batch-size", type=int, default=16)
+    v.add_argument("--fid-weights", default=None,
+                   help="torch-fidelity Inception weights file (weights-inception-2015-12-05-6726825d.pth), offline")
+    v.add_argument("--workers", type=int, default=None, help="DataLoader workers (decode + partition)")
+    v.add_argument("--split", default="train", help="dataset split (datasets sources)")
+    v.add_argument("--image-column", default=None, help="image column (datasets sources)")
+    v.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
+    v.set_defaults(func=_cmd_eval)
 
     m = sub.add_parser("models", help="list the registered pretrained checkpoints")
     m.set_defaults(func=_cmd_models)

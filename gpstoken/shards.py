@@ -47,7 +47,9 @@ def shard_name(s: int) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through ``write(tmp_path)`` to a temporary file beside ``path``, then rename."""
+    """Write through ``write(tmp_path)`` to a temporary file beside ``path``, then rename.
+    (To be replaced by ``gpstoken.io`` once that lands: same ``write_text`` /
+    ``write_safetensors`` signatures.)"""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -61,6 +63,22 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    path = Path(path)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors (moved to CPU, contiguous) as one safetensors file, atomically."""
+    path = Path(path)
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(data, tmp, metadata=metadata))
+    return path
+
+
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], run: dict[str, Any], ids: list[str],
                 skipped: list[dict[str, Any]]) -> None:
     """Write one shard atomically (see the module doc for the tensors)."""
@@ -69,19 +87,26 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], run: dict[str, Any
         raise ValueError(f"write_shard: missing tensors {sorted(missing)}")
     meta = {"shard": json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "run": run, "ids": ids,
                                  "skipped": skipped}, sort_keys=True)}
-    data = {k: tensors[k].detach().cpu().contiguous() for k in TENSORS}
-    _atomic_write(path, lambda tmp: save_file(data, tmp, metadata=meta))
+    write_safetensors({k: tensors[k] for k in TENSORS}, path, meta)
+
+
+def shard_metadata(path: Path) -> dict[str, str] | None:
+    """The string metadata of a complete safetensors file, or None when ``path`` is missing or
+    not a readable safetensors file."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError):
+        return None
 
 
 def shard_info(path: Path) -> dict[str, Any] | None:
     """The ``shard`` metadata of a finished shard, or None when ``path`` is missing or is not a
     readable gpstoken shard."""
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError):
+    meta = shard_metadata(path)
+    if meta is None:
         return None
     try:
         info = json.loads(meta.get("shard", ""))
@@ -111,8 +136,7 @@ def build_manifest(out: Path, n_shards: int, header: dict[str, Any]) -> dict[str
         total += len(info["ids"])
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **header, "images": total,
                 "shards": shards, "skipped": skipped}
-    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-    _atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+    write_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
 
