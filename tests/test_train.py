@@ -28,6 +28,8 @@ from gpstoken.train import (  # noqa: E402
 from gpstoken.train.data import (  # noqa: E402
     CropDataset, StepBatchSampler, folder_images, grid_shape, offline_images, uniform_cells,
 )
+from gpstoken.metrics import psnr  # noqa: E402
+from gpstoken.train.thumbnail import bicubic_thumbnail, thumbnail_side  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TOKENIZER = {
@@ -124,12 +126,39 @@ def test_step_batch_sampler_shards_and_resumes():
 def test_offline_split_and_classes():
     train = [e.name for e in offline_images("train")]
     held = [e.name for e in offline_images("heldout")]
-    assert held == [f"skimage:{n}" for n in OFFLINE_HELDOUT]
+    assert held[:2] == ["skimage:coffee", "skimage:rocket"]
+    assert held == [n for n in OFFLINE_HELDOUT if n in held]  # those whose package is installed, in order
     assert not set(train) & set(held)
     labeled = offline_images("train", labeled=True)
     assert [e.label for e in labeled] == list(range(len(OFFLINE_CLASSES)))
     img = labeled[OFFLINE_CLASSES.index("motorcycle")].load()
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+
+
+def test_mvtb_photos_split_when_installed():
+    pytest.importorskip("mvtbdata")
+    train = [e.name for e in offline_images("train")]
+    held = [e for e in offline_images("heldout") if e.name.startswith("mvtb:")]
+    assert len(held) == sum(n.startswith("mvtb:") for n in OFFLINE_HELDOUT) == 6
+    mvtb = [n for n in train if n.startswith("mvtb:")]
+    assert len(mvtb) >= 60 and len(set(mvtb)) == len(mvtb)
+    assert not any(n.startswith("mvtb:campus/holdout/") or "aerial-" in n for n in mvtb)  # held-out scenes
+    img = held[0].load()
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 256
+
+
+def test_bicubic_thumbnail_baseline():
+    assert [thumbnail_side(n) for n in (64, 128, 256)] == [21, 30, 42]  # 3 k^2 ~ 21 n floats
+    assert thumbnail_side(128, 37) == 40
+    flat = torch.full((1, 3, 256, 256), 0.25)
+    assert torch.allclose(bicubic_thumbnail(flat, 64), flat, atol=1e-5)
+    # detail finer than the 21 px thumbnail is lost; 42 px keeps more of it
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    img = (0.8 * torch.sin(xx / 7) * torch.cos(yy / 11)).expand(1, 3, 256, 256)
+    p64, p256 = psnr(bicubic_thumbnail(img, 64), img).item(), psnr(bicubic_thumbnail(img, 256), img).item()
+    assert p64 < p256 and p256 > 20
+    with pytest.raises(ValueError, match="n_tokens"):
+        thumbnail_side(0)
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -176,6 +205,23 @@ def test_tokenizer_init_from_and_fp16_export(one_image, tmp_path):
         assert torch.equal(trainer.raw_model.state_dict()[k], v.half().float()), k
     with pytest.raises(ValueError, match="unknown config fields"):
         _tok_cfg(one_image, learning_rate=1.0)
+
+
+def test_frozen_stem_time_checkpoints_and_export_on_save(one_image, tmp_path):
+    cfg = _tok_cfg(one_image, max_steps=2, freeze=["preprocess_img"], save_every_minutes=0.0, export_on_save=True,
+                   disc_weight=0.0)
+    trainer = TokenizerTrainer(cfg, tmp_path / "frozen")
+    before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
+    trainer.train()
+    after = trainer.raw_model.state_dict()
+    stem = [k for k in before if k.startswith("preprocess_img.")]
+    assert stem and all(torch.equal(before[k], after[k]) for k in stem)
+    assert not torch.equal(before["decoder.conv_out.weight"], after["decoder.conv_out.weight"])
+    # a checkpoint after step 1 (time-based, due at once) and the final one; the export exists
+    assert [p.name for p in trainer.run.checkpoint_dirs()] == ["step_1", "step_2"]
+    assert (tmp_path / "frozen" / "export" / "tokenizer.safetensors").is_file()
+    with pytest.raises(ValueError, match="freeze: 'encoder' names no parameter"):
+        TokenizerTrainer(_tok_cfg(one_image, freeze=["encoder"]), tmp_path / "bad")
 
 
 # ----------------------------------------------------------------------------- generators

@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -40,8 +40,9 @@ class RunConfig:
     ``"bf16"`` or ``"fp16"`` (accelerate autocast). compile: ``torch.compile`` the model.
     tf32: allow TF32 matmuls / convolutions on CUDA (fp32 runs).
     lr_warmup / lr_schedule: linear warm-up steps, then ``"constant"`` or ``"cosine"`` (to 10%).
-    *_every: in optimizer steps (0 disables). keep_checkpoints: how many resumable
-    checkpoints to keep. export_dtype: ``"float32"`` or ``"float16"`` for the exported EMA
+    *_every: in optimizer steps (0 disables). save_every_minutes: also checkpoint when this
+    much wall-clock time has passed since the last checkpoint (slow CPU runs; None: off).
+    keep_checkpoints: how many resumable checkpoints to keep. export_dtype: ``"float32"`` or ``"float16"`` for the exported EMA
     weights.
     """
 
@@ -65,6 +66,7 @@ class RunConfig:
     eval_every: int = 500
     sample_every: int = 500
     save_every: int = 1000
+    save_every_minutes: Optional[float] = None
     keep_checkpoints: int = 2
     export_dtype: str = "float32"
     data: DataConfig = field(default_factory=DataConfig)
@@ -161,6 +163,7 @@ class Run:
         self.progress = _Progress()
         self.accelerator.register_for_checkpointing(self.progress)
         self.t0 = time.monotonic()
+        self._last_save = self.t0
         self._bar = None
         if self.is_main:
             for sub in ("checkpoints", "samples", "export"):
@@ -208,6 +211,7 @@ class Run:
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(path))
         self.accelerator.wait_for_everyone()
+        self._last_save = time.monotonic()
         if self.is_main:
             (path / "DONE").write_text(str(self.step))
             for old in self.checkpoint_dirs()[: -max(1, self.cfg.keep_checkpoints)]:
@@ -281,11 +285,28 @@ class Run:
     def every(self, n: int) -> bool:
         return n > 0 and self.step % n == 0
 
-    def checkpoint_or_stop(self) -> bool:
-        """End of an optimizer step: the periodic checkpoint (``save_every``; the final one is
-        the caller's), then True when the time budget is spent (logged)."""
-        if self.every(self.cfg.save_every) and self.step < self.cfg.max_steps:
+    def save_due(self) -> bool:
+        """True (on every process) when a periodic checkpoint is due after this step:
+        ``save_every`` steps, or ``save_every_minutes`` since the last one."""
+        due = self.every(self.cfg.save_every)
+        if self.cfg.save_every_minutes is not None and not due:
+            flag = torch.tensor([float(time.monotonic() - self._last_save >= 60.0 * self.cfg.save_every_minutes)],
+                                device=self.device)
+            if self.world > 1:
+                from accelerate.utils import broadcast
+
+                flag = broadcast(flag, from_process=0)
+            due = bool(flag.item())
+        return due
+
+    def checkpoint_or_stop(self, after_save: Optional[Callable[[], Any]] = None) -> bool:
+        """End of an optimizer step: the periodic checkpoint (:meth:`save_due`; the final one
+        is the caller's), followed by ``after_save()`` when given, then True when the time
+        budget is spent (logged)."""
+        if self.save_due() and self.step < self.cfg.max_steps:
             self.save()
+            if after_save is not None:
+                after_save()
         if self.out_of_time():
             self.log_text(f"time budget of {self.cfg.max_minutes} min reached at step {self.step}")
             return True

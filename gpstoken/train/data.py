@@ -15,8 +15,9 @@ Sources
   sub-folder of the root is one class (sorted names, ImageNet-folder layout).
 * ``"offline"``: photos that PyPI packages carry (no download). Always scikit-image's
   photos and textures; also scikit-learn's ``china``/``flower``, matplotlib's
-  ``grace_hopper`` and the ``mvtb-data`` photos when those packages are installed.
-  The held-out images (:data:`OFFLINE_HELDOUT`) are never used for training.
+  ``grace_hopper`` and the real photos of ``mvtb-data`` (:data:`MVTB_PHOTOS`) when those
+  packages are installed. The held-out photos (:data:`OFFLINE_HELDOUT`) are never used for
+  training.
   The labeled variant has one class per scikit-image training image
   (:data:`OFFLINE_CLASSES`, 16 classes, including the brick / grass / gravel texture
   families); the optional packages' photos are not used there, so the class list does not
@@ -46,8 +47,22 @@ OFFLINE_CLASSES: tuple[str, ...] = (
     "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coins", "grass", "gravel",
     "hubble_deep_field", "immunohistochemistry", "moon", "motorcycle", "page", "retina", "text",
 )
-#: scikit-image colour photos kept out of training, for evaluation.
-OFFLINE_HELDOUT: tuple[str, ...] = ("coffee", "rocket")
+#: Offline photos kept out of training, for evaluation (entry names ``source:name``), of
+#: different kinds: a cup on a table, a rocket outdoors, a campus scene, flowers, a road, an
+#: aerial view, a park and an indoor lab. Those from optional packages are used when installed.
+OFFLINE_HELDOUT: tuple[str, ...] = (
+    "skimage:coffee", "skimage:rocket", "mvtb:campus/holdout/P1070492.png", "mvtb:flowers4.png",
+    "mvtb:road.png", "mvtb:mosaic/aerial-09.png", "mvtb:parks.png", "mvtb:lab-scene.png",
+)
+#: Training photos of ``mvtb-data`` (glob patterns under its ``images`` folder): the real
+#: photos, without its calibration targets, masks, drawings, tiny images, duplicates, the
+#: held-out photos and the mosaic frames that overlap the held-out aerial view.
+MVTB_PHOTOS: tuple[str, ...] = (
+    "58060.png", "building2-[123].png", "butterfly.jpg", "campus/P*.png", "castle.png", "castle2.png",
+    "church.png", "eiffel-[12].png", "flowers[1235-9].png", "greenscreen.png", "image3.jpg", "monalisa.png",
+    "mosaic/aerial2-*.png", "mosaic/aerialphoto.png", "notre-dame.png", "penguins.png", "rocks2-[lr].png",
+    "roof.png", "street.png", "tags.png", "tomato_*.png", "walls-[lr].png", "yellowtargets.png", "seq/im.001.png",
+)
 
 
 # ----------------------------------------------------------------------------- config
@@ -188,15 +203,33 @@ def _require_skimage() -> None:
         ) from e
 
 
+def _mvtb_root() -> Optional[Path]:
+    """The ``images`` folder of the ``mvtb-data`` package, or None when it is not installed."""
+    try:
+        import mvtbdata
+    except ImportError:
+        return None
+    return Path(os.path.dirname(mvtbdata.__file__)) / "images"
+
+
+def _heldout_entry(name: str) -> Optional[ImageEntry]:
+    """The entry of one :data:`OFFLINE_HELDOUT` name, or None when its package is missing."""
+    source, rel = name.split(":", 1)
+    if source == "skimage":
+        return ImageEntry(name, _skimage_loader(rel))
+    root = _mvtb_root()
+    return ImageEntry(name, _file_loader(str(root / rel))) if root is not None else None
+
+
 def offline_images(split: str = "train", labeled: bool = False) -> list[ImageEntry]:
     """The offline photo set (see the module docstring).
 
-    split: ``"train"`` or ``"heldout"`` (:data:`OFFLINE_HELDOUT`). labeled: only the
-    scikit-image classes (:data:`OFFLINE_CLASSES`), each with its class index.
+    split: ``"train"`` or ``"heldout"`` (:data:`OFFLINE_HELDOUT`, those installed). labeled:
+    only the scikit-image classes (:data:`OFFLINE_CLASSES`), each with its class index.
     """
     _require_skimage()
     if split == "heldout":
-        return [ImageEntry(f"skimage:{n}", _skimage_loader(n)) for n in OFFLINE_HELDOUT]
+        return [e for e in map(_heldout_entry, OFFLINE_HELDOUT) if e is not None]
     if split != "train":
         raise ValueError(f"split: expected 'train' or 'heldout', got {split!r}")
     entries = [ImageEntry(f"skimage:{n}", _skimage_loader(n), i if labeled else -1)
@@ -216,13 +249,10 @@ def offline_images(split: str = "train", labeled: bool = False) -> list[ImageEnt
         entries.append(ImageEntry("matplotlib:grace_hopper", _file_loader(path)))
     except (ImportError, OSError, ValueError):
         pass
-    try:
-        import mvtbdata
-
-        root = Path(os.path.dirname(mvtbdata.__file__)) / "images"
-        entries += [ImageEntry(f"mvtb:{p.name}", _file_loader(str(p))) for p in image_files(root)]
-    except ImportError:
-        pass
+    root = _mvtb_root()
+    if root is not None:
+        files = sorted({p for pattern in MVTB_PHOTOS for p in root.glob(pattern) if p.is_file()})
+        entries += [ImageEntry(f"mvtb:{p.relative_to(root).as_posix()}", _file_loader(str(p))) for p in files]
     return entries
 
 

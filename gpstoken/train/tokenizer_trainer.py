@@ -36,7 +36,11 @@ class TokenizerTrainConfig(RunConfig):
     (optional package; 0 disables). disc_weight: PatchGAN hinge loss weight (0 disables),
     scaled by the adaptive weight when ``adaptive_disc_weight``; the GAN starts at
     ``disc_start`` optimizer steps. disc_lr: defaults to ``lr``. init_from: a safetensors
-    tokenizer to start from (fine-tuning). eval_n_tokens: tokens of the evaluation crops
+    tokenizer to start from (fine-tuning). freeze: parameter-name prefixes (official keys,
+    e.g. ``"preprocess_img"`` for the encoder's full-resolution stem) kept fixed: they get
+    no gradient, which also skips their backward pass. export_on_save: export the EMA
+    weights at every periodic checkpoint too (to evaluate a long run while it trains).
+    eval_n_tokens: tokens of the evaluation crops
     (default: the largest training count). sample_count: images in the PNG sample grids.
     """
 
@@ -53,6 +57,8 @@ class TokenizerTrainConfig(RunConfig):
     disc_lr: Optional[float] = None
     adaptive_disc_weight: bool = True
     init_from: Optional[str] = None
+    freeze: tuple[str, ...] = ()
+    export_on_save: bool = False
     eval_n_tokens: Optional[int] = None
     sample_count: int = 8
 
@@ -99,6 +105,23 @@ def export_tokenizer(model: torch.nn.Module, config: TokenizerConfig, path: str 
     return Path(path)
 
 
+def freeze_parameters(model: torch.nn.Module, prefixes: tuple[str, ...] | list[str]) -> set[str]:
+    """Set ``requires_grad=False`` on the parameters whose names start with one of
+    ``prefixes``; returns their names. Raises when a prefix names no parameter."""
+    names = [n for n, _ in model.named_parameters()]
+    frozen: set[str] = set()
+    for prefix in prefixes:
+        hit = {n for n in names if n == prefix or n.startswith(prefix.rstrip(".") + ".")}
+        if not hit:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"freeze: {prefix!r} names no parameter; top-level modules: {tops}")
+        frozen |= hit
+    for n, p in model.named_parameters():
+        if n in frozen:
+            p.requires_grad_(False)
+    return frozen
+
+
 class TokenizerTrainer:
     """Builds the models, optimizers and data of a tokenizer run and trains it (see module doc)."""
 
@@ -112,6 +135,7 @@ class TokenizerTrainer:
             disc = PatchDiscriminator(3, cfg.disc_channels, cfg.disc_layers)
         if cfg.init_from:
             model.load_state_dict(load_weights(cfg.init_from), strict=True)
+        frozen = freeze_parameters(model, cfg.freeze)
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
         self.ema.model.to(self.run.device)
         self.perceptual = maybe_perceptual(cfg.perceptual_weight, cfg.perceptual_net)
@@ -119,7 +143,8 @@ class TokenizerTrainer:
             self.perceptual.to(self.run.device)
         if cfg.compile:
             model.compile()
-        opt_g = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        trainable = [p for name, p in model.named_parameters() if name not in frozen]
+        opt_g = torch.optim.Adam(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr or cfg.lr, betas=cfg.betas)
         self.model, self.disc, self.opt_g, self.opt_d = acc.prepare(model, disc, opt_g, opt_d)
         acc.register_for_checkpointing(self.ema)
@@ -191,7 +216,7 @@ class TokenizerTrainer:
             for k, v in terms.items():
                 stats[k] = stats.get(k, 0.0) + float(v) / cfg.grad_accum
         if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
         self.opt_g.step()
         self.opt_g.zero_grad(set_to_none=True)
         if gan:
@@ -264,7 +289,7 @@ class TokenizerTrainer:
                     last_eval = self.evaluate(want_samples)
                     if want_eval and last_eval:
                         run.log_metrics(last_eval)
-                if run.checkpoint_or_stop():
+                if run.checkpoint_or_stop(self.export if cfg.export_on_save else None):
                     break
         finally:
             run.close_bar()

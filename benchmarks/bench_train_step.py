@@ -1,0 +1,153 @@
+"""Cost of one tokenizer training step on CPU, and where the time goes.
+
+    python benchmarks/bench_train_step.py examples/configs/tiny_tokenizer.json \
+        examples/configs/tiny_tokenizer_v2.json [--batch 2] [--reps 2] [--threads 2]
+
+For each train config: one full step (forward, L1+L2 loss, backward, Adam) at ``--batch``
+images of 256x256 with 128-token layouts, best of ``--reps`` (seconds per step and images
+per second); then the forward+backward seconds of every part alone, on inputs of the shapes
+the step gives it: the encoder (stem, RoIAlign, transformer), the render, and each decoder
+stage (mid blocks, every level's res blocks, every upsample, the output head), with its
+share of their sum. Weights are randomly initialised (speed does not depend on them).
+Prints one markdown table per config and the step speed-up of each config over the first.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
+from gpstoken.train.data import PATCH, layout_arrays  # noqa: E402
+from gpstoken.train.losses import reconstruction_loss  # noqa: E402
+from gpstoken.train.tokenizer_trainer import TokenizerTrainConfig  # noqa: E402
+
+
+def best_of(fn: Callable[[], None], reps: int) -> float:
+    fn()  # warm-up (allocator, oneDNN primitives)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def fwd_bwd(module: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> Callable[[], None]:
+    """A closure running ``module(*inputs)`` forward and backward (a fixed random cotangent)."""
+    leaves = [x.detach().requires_grad_(x.is_floating_point()) for x in inputs]
+    with torch.no_grad():
+        cot = torch.randn_like(module(*leaves))
+
+    def run() -> None:
+        out = module(*leaves)
+        out.backward(cot)
+
+    return run
+
+
+def sample_batch(batch: int, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Smooth random images [B,3,256,256] in [-1,1] and their entropy-partition layouts."""
+    gen = torch.Generator().manual_seed(0)
+    low = torch.rand(batch, 3, 32, 32, generator=gen) * 2 - 1
+    images = torch.nn.functional.interpolate(low, size=(PATCH, PATCH), mode="bicubic").clamp(-1, 1)
+    layouts = [layout_arrays(img, n_tokens) for img in images]
+    return images, torch.stack([g for g, _ in layouts]), torch.stack([r for _, r in layouts])
+
+
+def decoder_stages(model: GPSTokenizer, feat: torch.Tensor) -> list[tuple[str, Callable[[], None]]]:
+    """(name, fwd+bwd closure) of every decoder stage, fed with the activations of one pass."""
+    dec = model.decoder
+    grid = (1, 1)
+    stages: list[tuple[str, Callable[[], None]]] = []
+    with torch.no_grad():
+        h = dec.conv_in(feat)
+    stages.append(("decoder conv_in", fwd_bwd(dec.conv_in, feat)))
+
+    def mid(x: torch.Tensor) -> torch.Tensor:
+        return dec.mid.block_2(dec.mid.attn_1(dec.mid.block_1(x, grid), grid), grid)
+
+    stages.append((f"decoder mid ({h.shape[2]}px)", fwd_bwd(mid, h)))
+    with torch.no_grad():
+        h = mid(h)
+    for i in reversed(range(len(dec.up))):
+        level = dec.up[i]
+
+        def blocks(x: torch.Tensor, level=level) -> torch.Tensor:
+            for block in level.block:
+                x = block(x, grid)
+            return x
+
+        stages.append((f"decoder level {i} blocks ({h.shape[2]}px, {len(level.block)} blocks)", fwd_bwd(blocks, h)))
+        with torch.no_grad():
+            h = blocks(h)
+        if hasattr(level, "upsample"):
+            stages.append((f"decoder level {i} upsample (to {2 * h.shape[2]}px)", fwd_bwd(level.upsample, h)))
+            with torch.no_grad():
+                h = level.upsample(h)
+
+    def head(x: torch.Tensor) -> torch.Tensor:
+        return dec.conv_out(dec.norm_out(x, (1, 1), swish=True))
+
+    stages.append((f"decoder head ({h.shape[2]}px)", fwd_bwd(head, h)))
+    return stages
+
+
+def bench_config(path: str, batch: int, n_tokens: int, reps: int) -> float:
+    cfg = TokenizerTrainConfig.from_json(path)
+    torch.manual_seed(0)
+    model = GPSTokenizer(cfg.tokenizer_config())
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    images, g, r = sample_batch(batch, n_tokens)
+
+    def step() -> None:
+        recon, _ = model(images, g, r)
+        loss = reconstruction_loss(recon, images, cfg.l1_weight, cfg.l2_weight)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t_step = best_of(step, reps)
+    with torch.no_grad():
+        tokens = model.encode(images, g, r)
+        feat = model.render(tokens)
+    parts = [("encoder (stem, RoIAlign, transformer)", fwd_bwd(lambda x: model.encode(x, g, r), images)),
+             ("render (splat)", fwd_bwd(model.render, tokens))]
+    parts += decoder_stages(model, feat)
+    timed = [(name, best_of(fn, reps)) for name, fn in parts]
+    total = sum(t for _, t in timed)
+    print(f"\n### {path}: {n_params / 1e6:.2f}M parameters, batch {batch}, {n_tokens} tokens\n")
+    print(f"full step (fwd + bwd + Adam): **{t_step:.2f} s** = {t_step / batch:.2f} s/image, "
+          f"{batch / t_step:.2f} images/s\n")
+    print("| part (fwd + bwd) | seconds | share |")
+    print("|---|---|---|")
+    for name, t in timed:
+        print(f"| {name} | {t:.3f} | {100 * t / total:.0f}% |")
+    return t_step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("configs", nargs="+", help="tokenizer train config JSON files")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    steps = [bench_config(c, a.batch, a.tokens, a.reps) for c in a.configs]
+    if len(steps) > 1:
+        print("\n| config | s/step | speed-up vs first |\n|---|---|---|")
+        for c, t in zip(a.configs, steps):
+            print(f"| {c} | {t:.2f} | {steps[0] / t:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
