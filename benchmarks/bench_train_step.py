@@ -4,12 +4,16 @@
         examples/configs/tiny_tokenizer_v2.json [--batch 2] [--reps 2] [--threads 2]
 
 For each train config: one full step (forward, L1+L2 loss, backward, Adam) at ``--batch``
-images of 256x256 with 128-token layouts, best of ``--reps`` (seconds per step and images
-per second); then the forward+backward seconds of every part alone, on inputs of the shapes
-the step gives it: the encoder (stem, RoIAlign, transformer), the render, and each decoder
-stage (mid blocks, every level's res blocks, every upsample, the output head), with its
-share of their sum. Weights are randomly initialised (speed does not depend on them).
-Prints one markdown table per config and the step speed-up of each config over the first.
+images of 256x256 with 128-token layouts, as the trainer runs it (the config's
+``mixed_precision`` autocast and ``freeze``d parameters), best of ``--reps`` (seconds per
+step and images per second); then the forward+backward seconds (fp32, nothing frozen) of
+every part alone, on inputs of the shapes the step gives it: the encoder (stem, RoIAlign,
+transformer), the render, and each decoder stage (mid blocks, every level's res blocks,
+every upsample, the output head), with its share of their sum; and the data cost of one
+sample (a random multi-scale crop of an offline photo and its entropy partition), which a
+DataLoader worker pays in parallel. Weights are randomly initialised (speed does not depend
+on them). Prints one markdown table per config and the step speed-up of each config over the
+first.
 """
 from __future__ import annotations
 
@@ -24,9 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
-from gpstoken.train.data import PATCH, layout_arrays  # noqa: E402
+from gpstoken.train.data import PATCH, CropDataset, layout_arrays, training_images  # noqa: E402
 from gpstoken.train.losses import reconstruction_loss  # noqa: E402
-from gpstoken.train.tokenizer_trainer import TokenizerTrainConfig  # noqa: E402
+from gpstoken.train.tokenizer_trainer import TokenizerTrainConfig, freeze_parameters  # noqa: E402
+
+
+DATA_SAMPLES = 8
 
 
 def best_of(fn: Callable[[], None], reps: int) -> float:
@@ -104,17 +111,26 @@ def bench_config(path: str, batch: int, n_tokens: int, reps: int) -> float:
     torch.manual_seed(0)
     model = GPSTokenizer(cfg.tokenizer_config())
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    frozen = freeze_parameters(model, cfg.freeze)
+    opt = torch.optim.Adam([p for n, p in model.named_parameters() if n not in frozen], lr=1e-5)
     images, g, r = sample_batch(batch, n_tokens)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
 
     def step() -> None:
-        recon, _ = model(images, g, r)
-        loss = reconstruction_loss(recon, images, cfg.l1_weight, cfg.l2_weight)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            recon, _ = model(images, g, r)
+        loss = reconstruction_loss(recon.float(), images, cfg.l1_weight, cfg.l2_weight)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     t_step = best_of(step, reps)
+    model.requires_grad_(True)
+    data = CropDataset(training_images(cfg.data)[0], cfg.data, cfg.seed)
+    t = time.perf_counter()
+    for i in range(DATA_SAMPLES):  # distinct photos: each is decoded, as a worker's first time
+        data[(i, n_tokens)]
+    t_data = (time.perf_counter() - t) / DATA_SAMPLES
     with torch.no_grad():
         tokens = model.encode(images, g, r)
         feat = model.render(tokens)
@@ -124,8 +140,9 @@ def bench_config(path: str, batch: int, n_tokens: int, reps: int) -> float:
     timed = [(name, best_of(fn, reps)) for name, fn in parts]
     total = sum(t for _, t in timed)
     print(f"\n### {path}: {n_params / 1e6:.2f}M parameters, batch {batch}, {n_tokens} tokens\n")
-    print(f"full step (fwd + bwd + Adam): **{t_step:.2f} s** = {t_step / batch:.2f} s/image, "
-          f"{batch / t_step:.2f} images/s\n")
+    print(f"full step (fwd + bwd + Adam, {cfg.mixed_precision} autocast, frozen: {list(cfg.freeze) or 'none'}): "
+          f"**{t_step:.2f} s** = {t_step / batch:.2f} s/image, {batch / t_step:.2f} images/s; "
+          f"data: {t_data:.3f} s/sample ({cfg.data.init} layout, one worker)\n")
     print("| part (fwd + bwd) | seconds | share |")
     print("|---|---|---|")
     for name, t in timed:
