@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--generator", default="default", help="generator for the Generate panel, or 'none'")
     st.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     st.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
-    st.add_argument("--max-side", type=int, default=512, help="larger images are downscaled to this longer side")
+    st.add_argument("--max-side", type=int, default=256,
+                    help="larger images are downscaled to this longer side (above 256: several patches)")
     st.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     common(st)
     st.set_defaults(func=_cmd_studio)

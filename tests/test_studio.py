@@ -148,6 +148,40 @@ def test_downloads_png_and_gpst(client, encoded):
     assert client.call("/api/sessions/nope/after.png")[0] == 404
 
 
+def test_gpst_upload_continues_editing_or_names_the_wrong_model(client, encoded, tmp_path):
+    sid = encoded[0]
+    raw = client.call(f"/api/sessions/{sid}/after.gpst")[1]
+    status, reply = client.call("/api/image", raw, headers={"X-Filename": "face.gpst"})
+    assert status == 200, reply
+    path = tmp_path / "x.gpst"
+    path.write_bytes(raw)
+    tokens = gpstoken.GPSTokens.load(path)
+    st = reply["state"]
+    n = tokens.total_tokens
+    assert st["after"]["total_tokens"] == n and st["after"]["priority"] == [] and st["after"]["psnr"] is None
+    assert st["after"]["cells"] == client.server.studio.state(client.server.studio.session(sid))["after"]["cells"]
+    # Gaussian edits on the opened tokens re-encode their decoded picture; without calibration
+    # the moved Gaussian sits exactly where it was put
+    edits = {"base": st["after"]["version"], "remove": [3], "move": {"7": [50, 60]}, "calibrate": False}
+    done = client.job("/api/encode", {"session": reply["session"], "edits": edits})
+    assert done["state"] == "done" and done["result"]["after"]["total_tokens"] == n - 1
+    assert done["result"]["after"]["psnr"] > 10.0
+    assert min(np.hypot(g[0] - 50, g[1] - 60) for g in done["result"]["after"]["gaussians"]) < 0.01
+    # tokens of another model: refused with the model to start the studio with
+    other = gpstoken.GPSTokens(tokens.geometry, tokens.features, tokens.image_size, tokens.layout, "gpstoken-m128")
+    other.save(path)
+    status, reply = client.call("/api/image", path.read_bytes(), headers={"X-Filename": "m128.gpst"})
+    assert status == 400 and "model 'gpstoken-m128'" in reply["error"] and "--model gpstoken-m128" in reply["error"]
+    # a safetensors file that is not a token file
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"w": torch.zeros(2)}, str(path))
+    status, reply = client.call("/api/image", path.read_bytes(), headers={"X-Filename": "weights.safetensors"})
+    assert status == 415 and "weights.safetensors" in reply["error"] and "not a gpstoken token file" in reply["error"]
+    assert str(tmp_path) not in reply["error"]
+
+
 def test_bad_uploads_get_clear_messages(client):
     status, reply = client.call("/api/image", b"this is not an image", headers={"X-Filename": "notes.txt"})
     assert status == 415 and "notes.txt: not an image file" in reply["error"]

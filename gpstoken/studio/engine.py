@@ -48,14 +48,16 @@ class Limits:
 
     max_upload_bytes: largest upload. max_pixels: largest decoded image (width*height)
     accepted before downscaling (guards against decompression bombs). max_side: working
-    images are downscaled so that max(H, W) <= max_side. min/max_tokens: token-count range
+    images are downscaled so that max(H, W) <= max_side; the default 256 keeps every image
+    one 256 patch, where any add/remove edit is possible (in a grid of patches every patch
+    must keep the same token count). min/max_tokens: token-count range
     per 256 patch. max_steps: sampler steps for generation. max_sessions: images kept in
     memory (least recently used dropped first).
     """
 
     max_upload_bytes: int = 16 * 2**20
     max_pixels: int = 40_000_000
-    max_side: int = 512
+    max_side: int = 256
     min_tokens: int = 16
     max_tokens: int = 512
     max_steps: int = 100
@@ -188,13 +190,16 @@ class Studio:
             return s
 
     def open_image(self, data: bytes, name: str = "upload") -> dict:
-        """Start a session from uploaded file bytes (PNG, JPEG, WebP, ...)."""
+        """Start a session from uploaded file bytes: an image (PNG, JPEG, WebP, ...) or a
+        ``.gpst`` token file made by this studio's tokenizer (see :meth:`_open_tokens`)."""
         lim = self.limits
         if len(data) > lim.max_upload_bytes:
             raise StudioError(f"file too large: {len(data) / 2**20:.1f} MiB, the limit is "
                               f"{lim.max_upload_bytes / 2**20:.0f} MiB", 413)
         if not data:
             raise StudioError("file is empty: choose an image file (PNG, JPEG, WebP)", 415)
+        if _is_safetensors(data):
+            return self._open_tokens(data, name)
         try:
             with Image.open(io.BytesIO(data)) as probe:
                 w, h = probe.size
@@ -209,6 +214,34 @@ class Studio:
             raise StudioError(f"{name}: not an image file PIL can read ({type(e).__name__}); "
                               "choose a PNG, JPEG or WebP picture", 415) from None
         return self._open(image, name)
+
+    def _open_tokens(self, data: bytes, name: str) -> dict:
+        """A ``.gpst`` upload: its decoded picture becomes the working image and its tokens the
+        current result, so editing continues from a downloaded file."""
+        folder = Path(tempfile.mkdtemp(dir=self._tmp))
+        try:
+            path = folder / "upload.gpst"
+            path.write_bytes(data)
+            tokens = gpstoken.GPSTokens.load(path)
+        except ValueError as e:
+            raise StudioError(f"{name}: {str(e).replace(str(path), 'the file')}", 415) from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        tok = self.tokenizer
+        if tokens.model != tok.name:
+            raise StudioError(f"{name}: tokens of model {tokens.model!r}, but this studio runs {tok.name!r}; "
+                              f"start it with gpstoken studio --model {tokens.model}")
+        if tokens.batch_size != 1:
+            raise StudioError(f"{name}: holds {tokens.batch_size} images; the studio opens token files of one image")
+        h, w = tokens.image_size
+        if max(h, w) > self.limits.max_side:
+            raise StudioError(f"{name}: tokens of a {w}x{h} image, larger than this studio's working size "
+                              f"{self.limits.max_side}; start it with --max-side {max(h, w)}")
+        image = gpstoken.decode(tokens, model=tok)
+        s = self._new_session(image, name, "photo")
+        s.versions = 1
+        s.after = Result(tokens, image, tokens.n_tokens, [], 1)
+        return {"session": s.id, "width": w, "height": h, "name": name, "note": None, "state": self.state(s)}
 
     def open_example(self, name: Any) -> dict:
         """Start a session from one of :meth:`examples`."""
@@ -234,8 +267,9 @@ class Studio:
     def _edited(self, s: Session, edits: dict) -> gpstoken.Layout:
         """The session's current layout with the user's edits, calibrated onto partition cells.
 
-        edits: ``{"base": version, "remove": [i, ...], "move": {i: [x, y]}, "add": [[x0, y0, x1, y1], ...]}``;
-        indices refer to the tokens of result ``base``. Moves apply first, then removals and additions.
+        edits: ``{"base": version, "remove": [i, ...], "move": {i: [x, y]}, "add": [[x0, y0, x1, y1], ...],
+        "calibrate": true}``; indices refer to the tokens of result ``base``. Moves apply first, then
+        removals and additions; ``calibrate`` (default true) snaps the result onto partition cells.
         """
         if not isinstance(edits, dict):
             raise StudioError(f"edits: expected an object with remove/move/add, got {type(edits).__name__}")
@@ -253,12 +287,15 @@ class Studio:
         add = [_ints(b, 4, "add") for b in edits.get("add") or []]
         if not (remove or move or add):
             raise StudioError("edits: nothing to apply (add, move or remove a Gaussian first)")
+        snap = edits.get("calibrate", True)
+        if not isinstance(snap, bool):
+            raise StudioError(f"calibrate: expected true or false, got {snap!r}")
         try:
             if move:
                 layout = gpstoken.edit_layout(layout, move=move, calibrate=False)
             if remove or add:
                 layout = gpstoken.edit_layout(layout, remove=remove or None, add=add or None, calibrate=False)
-            return gpstoken.calibrate(layout)
+            return gpstoken.calibrate(layout) if snap else layout
         except ValueError as e:
             raise StudioError(str(e)) from None
 
@@ -347,8 +384,11 @@ class Studio:
             return self.state(s)
 
     # ------------------------------------------------------------------ results
-    def _psnr(self, s: Session, r: Result, boxes: list[list[int]]) -> tuple[float, Optional[float]]:
-        """PSNR (dB) of a reconstruction against the session image, whole and inside ``boxes``."""
+    def _psnr(self, s: Session, r: Result, boxes: list[list[int]]) -> tuple[Optional[float], Optional[float]]:
+        """PSNR (dB) of a reconstruction against the session image, whole and inside ``boxes``
+        (None when there is no original image to compare with, or no box)."""
+        if r.image is s.image:  # decoded from an uploaded .gpst: no original to compare with
+            return None, None
         x, y = to_tensor(s.image)[0], to_tensor(r.image)[0]
         whole = psnr(y, x).item()
         if not boxes:
@@ -377,7 +417,7 @@ class Studio:
         }
         if s.kind == "photo":
             whole, inside = self._psnr(s, r, boxes)
-            out["psnr"] = round(whole, 3) if math.isfinite(whole) else None
+            out["psnr"] = round(whole, 3) if whole is not None and math.isfinite(whole) else None
             out["psnr_boxes"] = round(inside, 3) if inside is not None and math.isfinite(inside) else None
         return out
 
@@ -420,6 +460,11 @@ class Studio:
         with self._lock:
             self._sessions.clear()
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _is_safetensors(data: bytes) -> bool:
+    """Whether bytes start like a safetensors file (8-byte little-endian header size, then JSON)."""
+    return len(data) > 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data)
 
 
 def _png(image: Image.Image) -> bytes:

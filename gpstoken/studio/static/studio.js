@@ -99,6 +99,7 @@ async function openImage(promise) {
     const opened = await promise;
     $("note").textContent = opened.note || `${opened.name}: ${opened.width}x${opened.height}`;
     S.boxes = []; S.edits = newEdits();
+    if (opened.state) { applyState(opened.state); setBusy(false, `opened ${opened.name}`); return; }  // a .gpst file
     await runJob("/api/encode", { session: opened.session, n_tokens: +$("tokens").value }, "encoding");
   } catch (err) { setBusy(false, "ready"); showError(err.message); }
 }
@@ -124,9 +125,13 @@ function applyState(st) {
   $("after").src = base + "after.png" + v;
   $("before").src = st.before ? base + "before.png" + v : "";
   $("after-caption").textContent = st.kind === "photo" ? "Reconstruction (after)" : "Generated (after)";
-  S.image = new Image();
-  S.image.onload = () => { resizeCanvas(); draw(); };
-  S.image.src = base + "image.png" + v;
+  const sameImage = S.image.dataset && S.image.dataset.session === st.session && st.kind === "photo" && S.image.complete;
+  if (sameImage) { draw(); } else {  // a photo keeps its image across versions; a generated one changes
+    S.image = new Image();
+    S.image.dataset.session = st.session;
+    S.image.onload = () => { resizeCanvas(); draw(); };
+    S.image.src = base + "image.png" + v;
+  }
   const a = st.after, b = st.before;
   $("tokens-after").textContent = a.total_tokens; $("tokens-before").textContent = b ? b.total_tokens : "-";
   for (const [key, id] of [["psnr", "psnr"], ["psnr_boxes", "psnr-box"]]) {
@@ -182,7 +187,8 @@ function updatePending() {
 function editsRequest() {
   const move = {};
   for (const [i, p] of S.edits.move) move[i] = p.map((v) => Math.round(v));
-  return { base: S.state.after.version, remove: [...S.edits.remove], move, add: S.edits.add.map((b) => b.map(Math.round)) };
+  return { base: S.state.after.version, remove: [...S.edits.remove], move, add: S.edits.add.map((b) => b.map(Math.round)),
+           calibrate: $("calibrate").checked };
 }
 
 function reencode() {
