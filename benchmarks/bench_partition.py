@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_partition import grey_of as ref_grey_of  # noqa: E402
 from reference_partition import reference_partition  # noqa: E402
 
-from gpstoken.images import fold_patches, pad_to_patches  # noqa: E402
-from gpstoken.partition import cells_to_arrays, native_available, partition  # noqa: E402
+from gpstoken.geometry import cells_to_arrays, split_patches  # noqa: E402
+from gpstoken.images import pad_to_patches  # noqa: E402
+from gpstoken.partition import native_available, partition  # noqa: E402
 
 PARTITION = sys.modules["gpstoken.partition"]
 
@@ -80,7 +81,7 @@ def main() -> None:
     print(head + (f"{'native ms':>11}{'ratio':>8}" if native else ""))
     for label, side, n in CASES:
         img = _photo(side)
-        patches = fold_patches(*pad_to_patches(img))
+        patches = split_patches(*pad_to_patches(img))
         greys = [ref_grey_of(p) for p in patches]
         dev_img = img.to(args.device)
         ref = _best(lambda: [reference_partition(g, n) for g in greys], max(1, args.repeat - 2))

@@ -2,7 +2,8 @@
 
 Token geometry imitates the entropy partition: a 256x256 patch is cut into N rectangular
 cells (random halving of the longer side, cells from 8 to 128 pixels), each giving
-``sigma = (size-1)/256 * 2/3`` and its centre, plus a small random rho.
+the official initial Gaussian (:func:`gpstoken.geometry.geometry_from_cells`) plus a small
+random rho.
 
 Usage: ``python benchmarks/bench_render.py [--reps 5] [--threads 2]``.
 """
@@ -14,13 +15,14 @@ import time
 
 import torch
 
+from gpstoken.geometry import geometry_from_cells
 from gpstoken.render import render
 
 # (B, N, h, w, C)
 CASES = [(8, 128, 64, 64, 16), (8, 256, 64, 64, 16), (4, 256, 128, 128, 32)]
 
 
-def partition_geometry(n: int, rng: random.Random, patch: int = 256) -> list[list[float]]:
+def partition_geometry(n: int, rng: random.Random) -> list[list[float]]:
     """N cells of a random halving partition -> [N,5] (sigma_x, sigma_y, rho, mu_x, mu_y)."""
     cells = [(x, y, 128, 128) for x in (0, 128) for y in (0, 128)]
     while len(cells) < n:
@@ -30,13 +32,9 @@ def partition_geometry(n: int, rng: random.Random, patch: int = 256) -> list[lis
             cells += [(x, y, cw // 2, ch), (x + cw // 2, y, cw // 2, ch)]
         else:
             cells += [(x, y, cw, ch // 2), (x, y + ch // 2, cw, ch // 2)]
-    out = []
-    for x, y, cw, ch in cells:
-        sx, sy = (cw - 1) / patch * 2 / 3, (ch - 1) / patch * 2 / 3
-        mx = ((x + x + cw - 1) / 2 / (patch - 1) - 0.5) * 2
-        my = ((y + y + ch - 1) / 2 / (patch - 1) - 0.5) * 2
-        out.append([sx, sy, rng.uniform(-0.5, 0.5), mx, my])
-    return out
+    geometry, _ = geometry_from_cells(torch.tensor([(x, y, x + cw - 1, y + ch - 1) for x, y, cw, ch in cells]))
+    geometry[:, 2] = torch.tensor([rng.uniform(-0.5, 0.5) for _ in cells])
+    return geometry.tolist()
 
 
 def make_inputs(B: int, N: int, C: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

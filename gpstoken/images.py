@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .geometry import PATCH, patch_grid, split_patches
+
 MIN_SIDE = 32
 
 
@@ -125,9 +127,6 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
     return from_tensor(x, ImageKind("pil", True))
 
 
-PATCH = 256
-
-
 def resize_short_side(img: Image.Image, short: int) -> Image.Image:
     """Resize (bicubic, antialiased when shrinking) so that the shorter side is ``short``;
     the longer side is rounded and never below ``short``."""
@@ -146,11 +145,6 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((x0, y0, x0 + size, y0 + size))
 
 
-def patch_grid(height: int, width: int) -> tuple[int, int]:
-    """Number of 256x256 patches (rows, cols) that cover an image of ``height x width``."""
-    return -(-height // PATCH), -(-width // PATCH)
-
-
 def pad_to_patches(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad ``[B,C,H,W]`` at the bottom/right with 0 (mid grey in [-1,1]) to multiples of 256.
 
@@ -164,9 +158,5 @@ def pad_to_patches(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     return torch.nn.functional.pad(x, (0, m * PATCH - w, 0, k * PATCH - h), value=0.0), (k, m)
 
 
-def fold_patches(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """``[B,C,256k,256m]`` -> ``[B*k*m,C,256,256]``, patches row-major within each image."""
-    b, c = x.shape[:2]
-    k, m = grid
-    x = x.reshape(b, c, k, PATCH, m, PATCH).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b * k * m, c, PATCH, PATCH)
+#: ``[B,C,256k,256m]`` -> ``[B*k*m,C,256,256]`` (the former name of :func:`gpstoken.geometry.split_patches`)
+fold_patches = split_patches

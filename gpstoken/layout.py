@@ -29,58 +29,27 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .images import PATCH, patch_grid, to_pil, to_tensor
-
-_LAST = PATCH - 1  # 255: normalisation divisor of pixel positions
+from .geometry import (
+    GEOMETRY,
+    LAST,
+    PATCH,
+    REGION,
+    cell_extent,
+    geometry_from_cells,
+    image_pixel_to_patch,
+    patch_grid,
+    regions_from_geometry,
+    to_norm,
+    to_patch_frame,
+    to_pixel,
+)
+from .images import to_pil, to_tensor
 
 # drawing colours (RGB)
 _CELL_COLOUR = (255, 255, 255)
 _SIGMA1_COLOUR = (255, 40, 40)
 _SIGMA2_COLOUR = (255, 190, 0)
 _GREY = (128, 128, 128)
-
-
-def _to_norm(p: Any) -> Any:
-    """Pixel position(s) in a 256 patch -> normalised ``[-1, 1]`` (float64 in, float64 out)."""
-    return (p / _LAST - 0.5) * 2.0
-
-
-def _to_pixel(v: Any) -> Any:
-    """Normalised position(s) -> pixel position(s) in a 256 patch (inverse of :func:`_to_norm`)."""
-    return (v / 2.0 + 0.5) * _LAST
-
-
-def geometry_from_cells(cells: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Official initial Gaussians and regions of pixel cells (algorithms.md section 1).
-
-    cells: ``[..., 4]`` ``(x0, y0, x1, y1)`` inclusive pixel ranges in a 256x256 patch (ints,
-    or floats for sub-pixel boxes). Returns ``(geometry [...,5], regions [...,4])`` float32,
-    computed in float64: ``sigma = (x1-x0)/256 * 2/3``, ``rho = 0``,
-    ``mu = ((x0+x1)/2/255 - 0.5)*2``, ``region = (p/255 - 0.5)*2``.
-    """
-    c = torch.as_tensor(cells).detach().to(dtype=torch.float64)
-    x0, y0, x1, y1 = c.unbind(-1)
-    sx = (x1 - x0) / PATCH * 2.0 / 3.0
-    sy = (y1 - y0) / PATCH * 2.0 / 3.0
-    geometry = torch.stack(
-        [sx, sy, torch.zeros_like(sx), _to_norm((x0 + x1) / 2.0), _to_norm((y0 + y1) / 2.0)], -1
-    )
-    regions = torch.stack([_to_norm(x0), _to_norm(y0), _to_norm(x1), _to_norm(y1)], -1)
-    return geometry.float(), regions.float()
-
-
-def regions_from_geometry(geometry: torch.Tensor) -> torch.Tensor:
-    """Regions ``[...,4]`` implied by Gaussians ``[...,5]`` (inverse of the sigma/mu formulas).
-
-    The cell of a Gaussian spans ``x1 - x0 = 1.5 * sigma * 256`` pixels around its centre,
-    clipped to the patch. Used for Gaussians that come without a cell (user-added or
-    generated ones). Returns float32 normalised regions.
-    """
-    g = geometry.detach().to(torch.float64)
-    half_x, half_y = 0.75 * g[..., 0] * PATCH, 0.75 * g[..., 1] * PATCH
-    cx, cy = _to_pixel(g[..., 3]), _to_pixel(g[..., 4])
-    box = torch.stack([cx - half_x, cy - half_y, cx + half_x, cy + half_y], -1).clamp(0.0, _LAST)
-    return _to_norm(box).float().to(geometry.device)
 
 
 def _check_tensor(x: Any, name: str, last: int) -> torch.Tensor:
@@ -116,7 +85,7 @@ class Layout:
         regions: float32 ``[B,N,4]`` ``(x0, y0, x1, y1)`` normalised inclusive cell ranges.
         image_size: ``(H, W)`` of the original (unpadded) image.
         grid: ``(k, m)`` 256-patches covering the image; derived from ``image_size`` when
-            omitted and must equal ``images.patch_grid(H, W)``.
+            omitted and must equal ``geometry.patch_grid(H, W)``.
 
     Float tensors of another float dtype are converted to float32.
     """
@@ -127,8 +96,8 @@ class Layout:
     grid: tuple[int, int] = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        geometry = _check_tensor(self.geometry, "geometry", 5)
-        regions = _check_tensor(self.regions, "regions", 4)
+        geometry = _check_tensor(self.geometry, "geometry", GEOMETRY)
+        regions = _check_tensor(self.regions, "regions", REGION)
         if geometry.shape[:2] != regions.shape[:2]:
             raise ValueError(
                 f"Layout: geometry {tuple(geometry.shape)} and regions {tuple(regions.shape)} "
@@ -213,8 +182,8 @@ class Layout:
             c = c.unsqueeze(0)
         if c.ndim != 3 or c.shape[-1] != 4:
             raise ValueError(f"cells: expected shape [B,N,4] or [N,4], got {tuple(torch.as_tensor(cells).shape)}")
-        if c.numel() and (c.min() < 0 or c.max() > _LAST):
-            raise ValueError(f"cells: pixel indices must lie in [0, {_LAST}] (patch frame)")
+        if c.numel() and (c.min() < 0 or c.max() > LAST):
+            raise ValueError(f"cells: pixel indices must lie in [0, {LAST}] (patch frame)")
         if not ((c[..., 0] < c[..., 2]).all() and (c[..., 1] < c[..., 3]).all()):
             raise ValueError("cells: each cell needs x0 < x1 and y0 < y1 (at least 2x2 pixels)")
         geometry, regions = geometry_from_cells(c)
@@ -222,7 +191,7 @@ class Layout:
 
     def cells(self) -> torch.Tensor:
         """int64 ``[B,N,4]`` inclusive pixel cells ``(x0, y0, x1, y1)`` in patch frames (rounded)."""
-        return torch.round(_to_pixel(self.regions.double())).long()
+        return torch.round(to_pixel(self.regions.double())).long()
 
     # ------------------------------------------------------------------ token edits
     def _patch_of(self, token: torch.Tensor) -> torch.Tensor:
@@ -271,12 +240,6 @@ class Layout:
         keep[self._indices(indices, "remove")] = False
         return self.select(keep)
 
-    def _pixel_to_patch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image pixel positions -> (patch index, local x, local y); float64 in and out."""
-        col = torch.clamp(torch.div(x, PATCH, rounding_mode="floor"), 0, self.grid[1] - 1)
-        row = torch.clamp(torch.div(y, PATCH, rounding_mode="floor"), 0, self.grid[0] - 1)
-        return (row * self.grid[1] + col).long(), x - col * PATCH, y - row * PATCH
-
     def add(self, boxes: Any = None, *, gaussians: Any = None) -> "Layout":
         """Append user-placed tokens (the same ones to every image of the batch).
 
@@ -320,25 +283,20 @@ class Layout:
                 f"add: box {i} = {bx[i].tolist()} must satisfy 0 <= x0 < x1 <= {w - 1} and "
                 f"0 <= y0 < y1 <= {h - 1} (inclusive pixel coordinates of the {h}x{w} image)"
             )
-        patch, cx, cy = self._pixel_to_patch((x0 + x1) / 2, (y0 + y1) / 2)
+        patch, cx, cy = image_pixel_to_patch((x0 + x1) / 2, (y0 + y1) / 2, self.grid)
         ox, oy = (x0 + x1) / 2 - cx, (y0 + y1) / 2 - cy  # patch origin in image pixels
-        local = torch.stack([x0 - ox, y0 - oy, x1 - ox, y1 - oy], -1).clamp(0.0, _LAST)
+        local = torch.stack([x0 - ox, y0 - oy, x1 - ox, y1 - oy], -1).clamp(0.0, LAST)
         g, r = geometry_from_cells(local)
         return g, r, patch
 
     def _gaussians_to_tokens(self, gaussians: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        g = torch.as_tensor(gaussians, dtype=torch.float64).reshape(-1, 5)
+        g = torch.as_tensor(gaussians, dtype=torch.float64).reshape(-1, GEOMETRY)
         if g.numel() == 0 or not torch.isfinite(g).all():
             raise ValueError("add: gaussians must be a non-empty finite [M,5] array")
         if not ((g[:, :2] > 0).all() and (g[:, 2].abs() < 1).all()):
             raise ValueError("add: gaussians need sigma_x, sigma_y > 0 and |rho| < 1")
-        k, m = self.grid
-        col = torch.clamp(torch.floor((g[:, 3] + 1) / 2 * m), 0, m - 1)
-        row = torch.clamp(torch.floor((g[:, 4] + 1) / 2 * k), 0, k - 1)
-        local = torch.stack(
-            [g[:, 0] * m, g[:, 1] * k, g[:, 2], (g[:, 3] + 1) * m - 2 * col - 1, (g[:, 4] + 1) * k - 2 * row - 1], -1
-        ).float()
-        return local, regions_from_geometry(local), (row * m + col).long()
+        local, patch = to_patch_frame(g, self.grid)
+        return local, regions_from_geometry(local), patch
 
     def move(self, indices: Any, centres: Any) -> "Layout":
         """Move tokens ``indices`` so their Gaussians are centred at ``centres`` (every image).
@@ -354,15 +312,15 @@ class Layout:
         patch = self._patch_of(idx)
         row, col = patch // self.grid[1], patch % self.grid[1]
         lx, ly = c[:, 0] - col * PATCH, c[:, 1] - row * PATCH
-        outside = (lx < 0) | (lx > _LAST) | (ly < 0) | (ly > _LAST)
+        outside = (lx < 0) | (lx > LAST) | (ly < 0) | (ly > LAST)
         if outside.any():
             i = int(outside.nonzero()[0])
             raise ValueError(
                 f"move: centre {c[i].tolist()} of token {int(idx[i])} lies outside its patch "
-                f"(row {int(row[i])}, col {int(col[i])}: x in [{int(col[i]) * PATCH}, {int(col[i]) * PATCH + _LAST}], "
-                f"y in [{int(row[i]) * PATCH}, {int(row[i]) * PATCH + _LAST}]); tokens cannot change patch"
+                f"(row {int(row[i])}, col {int(col[i])}: x in [{int(col[i]) * PATCH}, {int(col[i]) * PATCH + LAST}], "
+                f"y in [{int(row[i]) * PATCH}, {int(row[i]) * PATCH + LAST}]); tokens cannot change patch"
             )
-        new_mu = torch.stack([_to_norm(lx), _to_norm(ly)], -1).float().to(self.device)
+        new_mu = torch.stack([to_norm(lx), to_norm(ly)], -1).float().to(self.device)
         d = self.device
         geometry, regions = self.geometry.clone(), self.regions.clone()
         delta = new_mu.unsqueeze(0) - geometry[:, idx.to(d), 3:5]
@@ -394,9 +352,9 @@ def image_pixels(geometry: torch.Tensor, regions: torch.Tensor, grid: tuple[int,
     r = regions.detach().double().cpu().numpy()
     patch = np.arange(g.shape[0]) // (g.shape[0] // (grid[0] * grid[1]))
     ox, oy = (patch % grid[1]) * PATCH, (patch // grid[1]) * PATCH
-    cells = _to_pixel(r) + np.stack([ox, oy, ox, oy], -1)
-    gaussians = np.stack([ox + _to_pixel(g[:, 3]), oy + _to_pixel(g[:, 4]),
-                          g[:, 0] * _LAST / 2.0, g[:, 1] * _LAST / 2.0, g[:, 2]], -1)
+    cells = to_pixel(r) + np.stack([ox, oy, ox, oy], -1)
+    gaussians = np.stack([ox + to_pixel(g[:, 3]), oy + to_pixel(g[:, 4]),
+                          g[:, 0] * LAST / 2.0, g[:, 1] * LAST / 2.0, g[:, 2]], -1)
     return cells, gaussians
 
 
@@ -475,7 +433,7 @@ def is_valid_cell(x0: int, y0: int, x1: int, y1: int, min_size: int = 8) -> bool
         return False
     if w & (w - 1) or h & (h - 1) or max(w, h) > 2 * min(w, h):
         return False
-    return x0 % w == 0 and y0 % h == 0 and x1 <= _LAST and y1 <= _LAST
+    return x0 % w == 0 and y0 % h == 0 and x1 <= LAST and y1 <= LAST
 
 
 def is_valid_layout(layout: Layout, min_size: int = 8) -> bool:
@@ -552,10 +510,10 @@ def _cost(cx, cy, tw, th, node: _Node) -> np.ndarray:
 def _calibrate_patch(geometry: np.ndarray, min_size: int) -> np.ndarray:
     """Cells ``[M,4]`` (inclusive pixels) for the Gaussians ``[M,5]`` of one patch."""
     m = geometry.shape[0]
-    cx = np.clip(_to_pixel(geometry[:, 3]), 0.0, _LAST)
-    cy = np.clip(_to_pixel(geometry[:, 4]), 0.0, _LAST)
-    tw = np.clip(1.5 * geometry[:, 0] * PATCH + 1.0, 1.0, 4.0 * PATCH)  # target cell size in pixels
-    th = np.clip(1.5 * geometry[:, 1] * PATCH + 1.0, 1.0, 4.0 * PATCH)
+    cx = np.clip(to_pixel(geometry[:, 3]), 0.0, LAST)
+    cy = np.clip(to_pixel(geometry[:, 4]), 0.0, LAST)
+    tw = np.clip(cell_extent(geometry[:, 0]) + 1.0, 1.0, 4.0 * PATCH)  # target cell size in pixels
+    th = np.clip(cell_extent(geometry[:, 1]) + 1.0, 1.0, 4.0 * PATCH)
 
     root = _Node(0, 0, PATCH, PATCH, np.arange(m))
     leaves = {0: root}

@@ -26,11 +26,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .geometry import GEOMETRY
+
 __all__ = ["LayoutBank", "LayoutBankError", "convert_initg_pickle", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "gpstoken-layout-bank"
 FORMAT_VERSION = "1"
-N_GEOMETRY = 5
 _KEY = re.compile(r"class_(\d+)")
 
 
@@ -54,7 +55,7 @@ class LayoutBank:
         for cid, g in layouts.items():
             cid = _class_id(cid)
             g = torch.as_tensor(g)
-            if g.dim() != 3 or g.shape[-1] != N_GEOMETRY or g.shape[0] == 0:
+            if g.dim() != 3 or g.shape[-1] != GEOMETRY or g.shape[0] == 0:
                 raise LayoutBankError(f"class {cid}: layouts must be [M>0, N, 5], got {tuple(g.shape)}")
             if n_tokens is not None and g.shape[1] != n_tokens:
                 raise LayoutBankError(f"class {cid}: {g.shape[1]} tokens per layout, other classes have {n_tokens}")
@@ -245,13 +246,13 @@ def _class_layouts(cid: int, value: Any) -> np.ndarray:
     if not arrays:
         raise LayoutBankError(f"class {cid}: no layouts")
     shapes = {a.shape for a in arrays}
-    bad = [s for s in shapes if len(s) != 2 or s[1] < N_GEOMETRY]
+    bad = [s for s in shapes if len(s) != 2 or s[1] < GEOMETRY]
     if bad:
         raise LayoutBankError(f"class {cid}: layouts must be [N, >=5] arrays, got shape {bad[0]}")
     tokens = {s[0] for s in shapes}
     if len(tokens) != 1:
         raise LayoutBankError(f"class {cid}: layouts with different token counts {sorted(tokens)}")
-    return np.stack([a[:, :N_GEOMETRY] for a in arrays]).astype(np.float32)
+    return np.stack([a[:, :GEOMETRY] for a in arrays]).astype(np.float32)
 
 
 def convert_initg_pickle(path: str | os.PathLike, out: str | os.PathLike, *, trust: bool = False) -> LayoutBank:

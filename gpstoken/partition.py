@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpstoken.images import PATCH, fold_patches, pad_to_patches, to_tensor
+from gpstoken.geometry import GEOMETRY, PATCH, REGION, cells_to_arrays, split_patches
+from gpstoken.images import pad_to_patches, to_tensor
 from gpstoken.kernels.entropy_hist import HALF_BINS, gradient_hist
 from gpstoken.layout import Layout
 
@@ -757,31 +758,6 @@ def _partition_stack(grey: torch.Tensor, n: int, weight: float, min_size: int,
     return out
 
 
-def cells_to_arrays(cells: np.ndarray, H: int = 256, W: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive pixel cells ``[n,4]`` (x0,y0,x1,y1) -> ``(geometry, regions)`` float32.
-
-    ``geometry [n,5]``: ``[(x1-x0)/W*2/3, (y1-y0)/H*2/3, 0, ((x0+x1)/2/(W-1)-0.5)*2,
-    ((y0+y1)/2/(H-1)-0.5)*2]``; ``regions [n,4]``: each pixel index ``p`` mapped to
-    ``(p/(S-1)-0.5)*2``. Computed in float64, then cast to float32.
-    """
-    c = np.asarray(cells, dtype=np.float64).reshape(-1, 4)
-    x0, y0, x1, y1 = c.T
-    geometry = np.stack([
-        (x1 - x0) / W * 2 / 3,
-        (y1 - y0) / H * 2 / 3,
-        np.zeros_like(x0),
-        ((x0 + x1) / 2 / (W - 1) - 0.5) * 2,
-        ((y0 + y1) / 2 / (H - 1) - 0.5) * 2,
-    ], axis=1)
-    regions = np.stack([
-        (x0 / (W - 1) - 0.5) * 2,
-        (y0 / (H - 1) - 0.5) * 2,
-        (x1 / (W - 1) - 0.5) * 2,
-        (y1 / (H - 1) - 0.5) * 2,
-    ], axis=1)
-    return geometry.astype(np.float32), regions.astype(np.float32)
-
-
 def priority_bias(priority: Any, height: int, width: int, weight: float = 2.5,
                   strength: float = 1.0) -> torch.Tensor:
     """Per-pixel bias map float64 ``[height, width]`` from a priority mask or boxes.
@@ -853,13 +829,13 @@ def partition(image: Any, n_tokens: int, *, priority: Any = None, weight: float 
         b = torch.nn.functional.pad(b, (0, (-w) % PATCH, 0, (-h) % PATCH))
         bias = _quantize_bias(b, "priority")
     xp, grid = pad_to_patches(x)
-    patches = fold_patches(xp, grid)  # [B*k*m, 3, 256, 256]
+    patches = split_patches(xp, grid)  # [B*k*m, 3, 256, 256]
     grey = grey_of(patches)
     if bias is not None:
-        bias = fold_patches(bias[None, None], grid)[:, 0].repeat(bsz, 1, 1)
+        bias = split_patches(bias[None, None], grid)[:, 0].repeat(bsz, 1, 1)
     cells = _partition_stack(grey, n_tokens, weight, min_size, bias)
     arrays = [cells_to_arrays(c, PATCH, PATCH) for c in cells]
     per_img = grid[0] * grid[1] * n_tokens
-    geometry = torch.from_numpy(np.concatenate([g for g, _ in arrays])).view(bsz, per_img, 5)
-    regions = torch.from_numpy(np.concatenate([r for _, r in arrays])).view(bsz, per_img, 4)
+    geometry = torch.from_numpy(np.concatenate([g for g, _ in arrays])).view(bsz, per_img, GEOMETRY)
+    regions = torch.from_numpy(np.concatenate([r for _, r in arrays])).view(bsz, per_img, REGION)
     return Layout(geometry=geometry, regions=regions, image_size=(h, w), grid=grid)

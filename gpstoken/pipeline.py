@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 import torch
 
 from . import hub
-from .images import PATCH, fold_patches, pad_to_patches, to_pil
+from .geometry import GEOMETRY, PATCH, REGION, regions_from_geometry, split_patches
+from .images import pad_to_patches, to_pil
 from .layout import Layout, calibrate
 from .layout_bank import LayoutBank
 from .models.configs import SiTConfig, TokenizerConfig
@@ -25,7 +26,6 @@ from .partition import partition
 from .sampling import cfg_velocity, sample
 from .tokens import GPSTokens
 
-N_GEOMETRY = 5
 #: user-facing sampler names -> gpstoken.sampling methods
 SAMPLERS = {"sde": "sde", "ode": "heun", "euler": "euler", "heun": "heun", "dopri5": "dopri5"}
 SIGMA_RANGE = (1e-5, 1 - 1e-5)
@@ -89,14 +89,14 @@ class Tokenizer:
             raise ValueError(f"layout: made for images of size {layout.image_size}, got images of size {(h, w)}")
         layout = _expand_batch(layout, b, "images")
         padded, grid = pad_to_patches(images.to(self.device))
-        patches = fold_patches(padded, grid)
+        patches = split_patches(padded, grid)
         n = layout.n_tokens
-        g_init = layout.geometry.to(self.device).reshape(len(patches), n, N_GEOMETRY)
-        regions = layout.regions.to(self.device).reshape(len(patches), n, 4)
+        g_init = layout.geometry.to(self.device).reshape(len(patches), n, GEOMETRY)
+        regions = layout.regions.to(self.device).reshape(len(patches), n, REGION)
         with torch.inference_mode(), self._autocast():
             tokens = self.model.encode(patches, g_init, regions).float()
         tokens = tokens.reshape(b, grid[0] * grid[1] * n, -1)
-        return GPSTokens(tokens[..., :N_GEOMETRY].contiguous(), tokens[..., N_GEOMETRY:].contiguous(),
+        return GPSTokens(tokens[..., :GEOMETRY].contiguous(), tokens[..., GEOMETRY:].contiguous(),
                          (h, w), layout, self.name)
 
     def decode_tensor(self, tokens: GPSTokens) -> torch.Tensor:
@@ -111,7 +111,7 @@ class Tokenizer:
             warnings.warn(f"decoding tokens of {tokens.model!r} with {self.name!r}", stacklevel=3)
         grid = tokens.layout.grid
         b = tokens.geometry.shape[0]
-        arr = tokens.as_array().to(self.device).reshape(b * grid[0] * grid[1], -1, N_GEOMETRY + c)
+        arr = tokens.as_array().to(self.device).reshape(b * grid[0] * grid[1], -1, GEOMETRY + c)
         with torch.inference_mode(), self._autocast():
             images = self.model.decode(arr, grid=grid, per_patch=self.decode_per_patch).float()
         h, w = tokens.image_size
@@ -177,7 +177,7 @@ class Generator:
         class_id = self._check_class(class_id)
         if self.layout_model is not None:
             mean, std = (s.to(self.device) for s in self.layout_stats)
-            noise = torch.randn(n, N_GEOMETRY, self.n_tokens, 1, generator=generator, device=self.device)
+            noise = torch.randn(n, GEOMETRY, self.n_tokens, 1, generator=generator, device=self.device)
             y = torch.full((n,), class_id, device=self.device, dtype=torch.long)
             with torch.inference_mode():
                 g = sample(lambda x, t: self.layout_model(x, t, y), noise, method="heun", steps=steps,
@@ -223,8 +223,8 @@ class Generator:
         with torch.inference_mode():
             x = sample(velocity, noise, method=method, steps=steps, generator=gen, progress=progress)[:n]
         tokens = x[..., 0].transpose(1, 2) * self.latent_std + self.latent_mean  # [n, N, 5+C]
-        geometry = _clamp_geometry(tokens[..., :N_GEOMETRY] + g_init)
-        gps = GPSTokens(geometry, tokens[..., N_GEOMETRY:].contiguous(), (PATCH, PATCH), layout,
+        geometry = _clamp_geometry(tokens[..., :GEOMETRY] + g_init)
+        gps = GPSTokens(geometry, tokens[..., GEOMETRY:].contiguous(), (PATCH, PATCH), layout,
                         self.tokenizer.name)
         images = to_pil(self.tokenizer.decode_tensor(gps))
         return GenerationResult(images, gps)
@@ -241,10 +241,8 @@ def _texture_velocity(model: SiT, x: torch.Tensor, t: torch.Tensor, *, y: torch.
 
 
 def _layout_from_geometry(g: torch.Tensor) -> Layout:
-    """A single-patch Layout from geometry [B,N,5] (regions from the Gaussians' 1.5-sigma boxes)."""
-    half = g[..., :2] * 1.5
-    regions = torch.cat([g[..., 3:5] - half, g[..., 3:5] + half], dim=-1)
-    return Layout(g.float(), regions.float(), (PATCH, PATCH), (1, 1))
+    """A single-patch Layout from geometry [B,N,5] (regions implied by the Gaussians)."""
+    return Layout(g.float(), regions_from_geometry(g), (PATCH, PATCH), (1, 1))
 
 
 def _broadcast_layout(layout: Layout, n: int, n_tokens: int) -> Layout:

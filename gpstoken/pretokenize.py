@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from . import hub, shards
+from .geometry import GEOMETRY, PATCH, REGION, patch_grid
 from .image_dataset import PreparedImages, Processes, loader
 from .images import MIN_SIDE
 from .layout import Layout
@@ -42,8 +43,8 @@ def model_digest(name_or_path: str) -> str:
 def check_token_count(n_tokens: Any, name: str = "--tokens") -> int:
     """``n_tokens`` as an int that the entropy partition can reach on a 256 patch."""
     n = _check_int(n_tokens, name, 1)
-    if n > max_cells(256, 256):
-        raise ValueError(f"{name}: at most {max_cells(256, 256)} tokens per 256x256 patch, got {n}")
+    if n > max_cells(PATCH, PATCH):
+        raise ValueError(f"{name}: at most {max_cells(PATCH, PATCH)} tokens per 256x256 patch, got {n}")
     return n
 
 
@@ -122,7 +123,7 @@ def _run(tok: Tokenizer, source, n_tokens: int, size: int, batches: list[list[in
                     parts[k].append(v.cpu())
             bar.update(len(batches[b]))
             if b + 1 == len(batches) or owner[b + 1] != owner[b]:
-                _write(out, owner[b], parts, skipped, source, run, n_tokens * ((size + 255) // 256) ** 2,
+                _write(out, owner[b], parts, skipped, source, run, n_tokens * patch_grid(size, size)[0] * patch_grid(size, size)[1],
                        tok.config.gps_c)
                 parts = {k: [] for k in shards.TENSORS}
                 skipped = []
@@ -132,8 +133,8 @@ def _run(tok: Tokenizer, source, n_tokens: int, size: int, batches: list[list[in
 
 def _write(out: Path, s: int, parts: dict[str, list], skipped: list[dict[str, Any]], source, run: dict[str, Any],
            n: int, c: int) -> None:
-    empty = {"geometry": torch.zeros(0, n, 5), "features": torch.zeros(0, n, c), "layout.geometry": torch.zeros(0, n, 5),
-             "layout.regions": torch.zeros(0, n, 4), "source_size": torch.zeros(0, 2, dtype=torch.int64),
+    empty = {"geometry": torch.zeros(0, n, GEOMETRY), "features": torch.zeros(0, n, c),
+             "layout.geometry": torch.zeros(0, n, GEOMETRY), "layout.regions": torch.zeros(0, n, REGION), "source_size": torch.zeros(0, 2, dtype=torch.int64),
              "index": torch.zeros(0, dtype=torch.int64)}
     tensors = {k: torch.cat(v) if v else empty[k] for k, v in parts.items()}
     ids = [source.ids[i] for i in tensors["index"].tolist()]

@@ -23,13 +23,10 @@ import warnings
 
 import torch
 
+from .geometry import GEOMETRY, pixel_coords
+
 BACKENDS = ("auto", "torch", "triton", "dense")
 _FIELDS = ("sigma_x", "sigma_y", "rho", "mu_x", "mu_y")
-
-
-def pixel_coords(n: int, device=None) -> torch.Tensor:
-    """Normalised centres of ``n`` pixels along one axis, float32 (computed in float64)."""
-    return (torch.arange(n, dtype=torch.float64, device=device) * 2.0 / (n - 1) - 1.0).float()
 
 
 def render_dense(
@@ -121,7 +118,7 @@ class _CulledRender(torch.autograd.Function):
         B, N, C = features.shape
         dev = geometry.device
         tok, row, col, crow = _cover_pairs(geometry, h, w, support)
-        sx, sy, rho, mx, my = (x.contiguous() for x in geometry.reshape(B * N, 5).unbind(-1))
+        sx, sy, rho, mx, my = (x.contiguous() for x in geometry.reshape(B * N, GEOMETRY).unbind(-1))
         xs = _device_coords(w, dev).to(geometry.dtype)
         ys = _device_coords(h, dev).to(geometry.dtype)
         # Every pair passes the cut-off test (pixel_bounds is exact), so no mask is needed.
@@ -154,7 +151,7 @@ class _CulledRender(torch.autograd.Function):
         grad_feat = _pair_csr(crow, pix, v, B * h * w) @ g
         dots = torch.sparse.sampled_addmm(_pair_csr(crow, pix, torch.zeros_like(v), B * h * w), feat, g.t(), beta=0.0)
         gv = v * dots.values()
-        sx, sy, rho, _, _ = geometry.reshape(B * N, 5).unbind(-1)
+        sx, sy, rho, _, _ = geometry.reshape(B * N, GEOMETRY).unbind(-1)
         rho_t = rho.contiguous().index_select(0, tok)
         # Per pair: e1 = u - rho t, e2 = t - rho u. Per token (a2 = 2a = 1/(1-rho^2)):
         # d_mu_x = a2/sx * sum(gv e1), d_sigma_x = a2/sx * sum(gv e1 u), likewise y with e2, t;
@@ -175,7 +172,7 @@ class _CulledRender(torch.autograd.Function):
         grad_geo = torch.stack(
             (ax * sums[1], ay * sums[3], a2 * (sums[4] - rho * a2 * sums[5]), ax * sums[0], ay * sums[2]), dim=-1
         )
-        return grad_geo.view(B, N, 5), grad_feat.view(B, N, C), None, None, None
+        return grad_geo.view(B, N, GEOMETRY), grad_feat.view(B, N, C), None, None, None
 
 
 class _TritonRender(torch.autograd.Function):
@@ -225,7 +222,7 @@ def _check_inputs(geometry: torch.Tensor, features: torch.Tensor, size, support:
     """Validate shapes, size, support and values; return (h, w). Raises ValueError."""
     if not isinstance(geometry, torch.Tensor) or not isinstance(features, torch.Tensor):
         raise ValueError("render: geometry and features must be torch tensors")
-    if geometry.dim() != 3 or geometry.shape[-1] != 5:
+    if geometry.dim() != 3 or geometry.shape[-1] != GEOMETRY:
         raise ValueError(f"render: geometry must be [B,N,5], got {list(geometry.shape)}")
     if features.dim() != 3 or features.shape[:2] != geometry.shape[:2]:
         raise ValueError(

@@ -24,6 +24,7 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .geometry import GEOMETRY
 from .images import ImageKind
 from .layout import Layout, draw_gaussians
 
@@ -83,9 +84,9 @@ class GPSTokens:
     @classmethod
     def from_array(cls, tokens: torch.Tensor, layout: Layout, model: str) -> "GPSTokens":
         """Split official-layout tokens ``[B,N,5+C]`` into geometry and features."""
-        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tokens.shape[-1] < 6:
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tokens.shape[-1] <= GEOMETRY:
             raise ValueError(f"tokens: expected a tensor [B,N,5+C] with C >= 1, got {getattr(tokens, 'shape', type(tokens))}")
-        return cls(tokens[..., :5], tokens[..., 5:], layout.image_size, layout, model)
+        return cls(tokens[..., :GEOMETRY], tokens[..., GEOMETRY:], layout.image_size, layout, model)
 
     # ------------------------------------------------------------------ sizes
     @property

@@ -18,31 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..geometry import Grid, join_patches, split_patches
 from .configs import DecoderConfig
 from .winograd import Conv3x3
 
-__all__ = ["PatchGroupNorm", "Decoder", "fold_patches_to_batch", "unfold_batch_to_patches"]
+__all__ = ["PatchGroupNorm", "Decoder"]
 
-Grid = tuple[int, int]
 NUM_GROUPS = 32
 _VAR_FLOOR = 1e-30  # added to the variance inside the group norm kernel (see PatchGroupNorm)
-
-
-def fold_patches_to_batch(x: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """[B,C,k*h,m*w] -> [B*k*m,C,h,w], patches row-major (channels-last output layout)."""
-    b, c, hh, ww = x.shape
-    k, m = grid
-    h, w = hh // k, ww // m
-    x = x.permute(0, 2, 3, 1).reshape(b, k, h, m, w, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b * k * m, h, w, c).permute(0, 3, 1, 2)
-
-
-def unfold_batch_to_patches(x: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Inverse of :func:`fold_patches_to_batch`: [B*k*m,C,h,w] -> [B,C,k*h,m*w]."""
-    bkm, c, h, w = x.shape
-    k, m = grid
-    x = x.permute(0, 2, 3, 1).reshape(bkm // (k * m), k, m, h, w, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(bkm // (k * m), k * h, m * w, c).permute(0, 3, 1, 2)
 
 
 class PatchGroupNorm(nn.Module):
@@ -121,7 +104,7 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         """x: [B,C,k*h,m*w]; every (h, w) patch is normalised and attends on its own."""
-        patches = fold_patches_to_batch(x, grid) if grid != (1, 1) else x
+        patches = split_patches(x, grid) if grid != (1, 1) else x
         n, c, h, w = patches.shape
         tokens = self.norm(patches).permute(0, 2, 3, 1).reshape(n, h * w, c)
         weight = torch.cat([self.q.weight, self.k.weight, self.v.weight]).view(3 * c, c)
@@ -130,7 +113,7 @@ class AttnBlock(nn.Module):
         att = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
         out = F.linear(att, self.proj_out.weight.view(c, c), self.proj_out.bias)
         out = patches + out.view(n, h, w, c).permute(0, 3, 1, 2)
-        return unfold_batch_to_patches(out, grid) if grid != (1, 1) else out
+        return join_patches(out, grid) if grid != (1, 1) else out
 
 
 class Upsample(nn.Module):

@@ -26,55 +26,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..geometry import GEOMETRY, PATCH, Grid, check_grid, join_patches, merge_patch_tokens
 from ..render import render as render_gaussians
 from .configs import TokenizerConfig
-from .decoder import NUM_GROUPS, Decoder, Grid, unfold_batch_to_patches
+from .decoder import NUM_GROUPS, Decoder
 from .roi_align import roi_align
 
 __all__ = ["GPSTokenizer", "merge_patch_tokens"]
 
-PATCH = 256  # pixels per patch side
 STEM_CHANNELS = 128
 STEM_TEMB_CHANNELS = 512  # size of the (unused) time-embedding projection in the stem blocks
 N_HEADS = 8
-GEOMETRY = 5
-
-
-def _check_grid(grid: Grid) -> tuple[int, int]:
-    if len(grid) != 2 or any(not isinstance(g, int) or g < 1 for g in grid):
-        raise ValueError(f"grid: expected (k, m) with positive integers, got {grid!r}")
-    return int(grid[0]), int(grid[1])
-
-
-def merge_patch_tokens(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Merge per-patch tokens into image-level tokens (algorithms.md section 5).
-
-    tokens: float [B*k*m, N, 5+C], patches row-major per image, each in its patch's own
-    [-1, 1] frame. grid: (k, m) = (patch rows, patch columns).
-    Returns float [B, k*m*N, 5+C] (patch-major order) in the image frame:
-    ``sigma_x /= m``, ``sigma_y /= k``, ``mu_x' = -1 + (2*col + mu_x + 1)/m``,
-    ``mu_y' = -1 + (2*row + mu_y + 1)/k``; rho and features unchanged. Correct for any B.
-    """
-    k, m = _check_grid(grid)
-    if tokens.ndim != 3 or tokens.shape[-1] <= GEOMETRY or tokens.shape[0] % (k * m):
-        raise ValueError(
-            f"tokens: expected [B*{k}*{m}, N, 5+C] for grid {(k, m)}, got shape {tuple(tokens.shape)}"
-        )
-    n, d = tokens.shape[1], tokens.shape[2]
-    t = tokens.view(-1, k, m, n, d)
-    col = torch.arange(m, device=tokens.device, dtype=tokens.dtype).view(1, 1, m, 1)
-    row = torch.arange(k, device=tokens.device, dtype=tokens.dtype).view(1, k, 1, 1)
-    merged = torch.stack(
-        [
-            t[..., 0] / m,
-            t[..., 1] / k,
-            t[..., 2],
-            (2 * col + t[..., 3] + 1) / m - 1,
-            (2 * row + t[..., 4] + 1) / k - 1,
-        ],
-        dim=-1,
-    )
-    return torch.cat([merged, t[..., GEOMETRY:]], -1).reshape(-1, k * m * n, d)
 
 
 class _StemBlock(nn.Module):
@@ -225,7 +187,7 @@ class GPSTokenizer(nn.Module):
 
     # ------------------------------------------------------------------ decoder
     def _check_tokens(self, tokens: torch.Tensor, grid: Grid) -> tuple[int, int]:
-        k, m = _check_grid(grid)
+        k, m = check_grid(grid)
         d = GEOMETRY + self.config.gps_c
         if tokens.ndim != 3 or tokens.shape[2] != d or tokens.shape[0] % (k * m) or tokens.shape[0] == 0:
             raise ValueError(
@@ -256,7 +218,7 @@ class GPSTokenizer(nn.Module):
         k, m = self._check_tokens(tokens, grid)
         if per_patch:
             patches = self.decoder(self.render(tokens, (1, 1)), (1, 1))
-            return unfold_batch_to_patches(patches, (k, m)).contiguous()
+            return join_patches(patches, (k, m)).contiguous()
         return self.decoder(self.render(tokens, (k, m)), (k, m))
 
     def forward(

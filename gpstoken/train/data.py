@@ -37,10 +37,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from ..geometry import PATCH, cells_to_arrays
 from ..images import resize_short_side
 from ..sources import IMAGE_EXTENSIONS, image_files
-
-PATCH = 256
 
 #: scikit-image images used for training; in the labeled variant, class i is the i-th name.
 OFFLINE_CLASSES: tuple[str, ...] = (
@@ -332,7 +331,7 @@ def uniform_cells(n_tokens: int) -> list[tuple[int, int, int, int]]:
 def layout_arrays(image: torch.Tensor, n_tokens: int, init: str = "adaptive", weight: float = 2.5,
                   min_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """``g_init [N,5]`` and ``regions [N,4]`` for one ``[3,256,256]`` patch in ``[-1,1]``."""
-    from ..partition import cells_to_arrays, grey_of, partition_patch
+    from ..partition import grey_of, partition_patch
 
     if init == "uniform":
         cells = np.asarray(uniform_cells(n_tokens), dtype=np.int64)

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..geometry import GEOMETRY
 from ..hub import file_digest
 from ..models.configs import SIT_ARCHS, SiTConfig, TokenizerConfig
 from ..models.sit import SiT
@@ -50,8 +51,6 @@ from .common import Run, RunConfig, architecture, lr_factor, set_lr
 from .data import CropDataset, make_loader, training_images
 from .ema import EMA
 from .tokenizer_trainer import load_weights
-
-GEOMETRY = 5
 
 
 @dataclass
