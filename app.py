@@ -10,10 +10,12 @@ which listens on localhost only.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from gpstoken.studio import serve
 
 if __name__ == "__main__":
     generator = os.environ.get("GPSTOKEN_GENERATOR", "default")
     serve(os.environ.get("GPSTOKEN_MODEL", "default"), None if generator.lower() == "none" else generator,
-          host="0.0.0.0", port=int(os.environ.get("PORT", "7860")))
+          host="0.0.0.0", port=int(os.environ.get("PORT", "7860")),
+          examples=Path(__file__).resolve().parent / "examples" / "data")

@@ -240,14 +240,20 @@ def test_generate_then_regenerate_for_an_edited_layout(client):
     assert bad["state"] == "error" and "generated image" in bad["error"]
 
 
-def test_temp_folder_is_removed_on_close():
-    from gpstoken.studio import Studio
+def test_temp_folder_is_removed_on_close_and_examples_folder(tmp_path):
+    from gpstoken.studio import Studio, StudioError
 
-    studio = Studio(generator=None)
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(tmp_path / "red.png")
+    studio = Studio(generator=None, examples=tmp_path)
     tmp = studio._tmp
     assert tmp.is_dir() and tmp.name.startswith("gpstoken-studio-")
+    assert studio.examples() == ["red.png"]
+    assert studio.open_example("red.png")["width"] == 64
+    with pytest.raises(StudioError, match="expected one of"):
+        studio.example_bytes("astronaut.png")
     studio.close()
     assert not tmp.exists()
+    assert Studio(generator=None, examples=tmp_path / "missing").examples() == []
 
 
 def test_cli_studio_wrong_model_and_busy_port(capsys):
@@ -262,3 +268,24 @@ def test_cli_studio_wrong_model_and_busy_port(capsys):
         assert cli.main(["studio", "--generator", "none", "--port", str(port), "--no-browser"]) == 1
     err = capsys.readouterr().err
     assert f"port {port} on 127.0.0.1 is in use" in err and "--port" in err
+
+
+def test_app_py_serves_the_page_on_all_interfaces():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PORT": "0", "GPSTOKEN_GENERATOR": "none", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline()
+        assert "gpstoken studio on http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split()[3]
+        with urllib.request.urlopen(url + "api/info", timeout=60) as r:
+            info = json.loads(r.read())
+        assert info["generator"] is None and info["examples"] == ["astronaut.png", "chelsea.png", "coffee.png"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "reachable from other machines" in proc.stderr.read()

@@ -30,6 +30,7 @@ from gpstoken.images import MIN_SIDE, to_tensor
 from gpstoken.layout import image_pixels
 from gpstoken.metrics import psnr
 
+#: example photos of a source checkout (absent from an installed wheel: pass ``examples=``)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 Report = Callable[[str], None]
 
@@ -112,13 +113,15 @@ class Studio:
     """Sessions plus the loaded models.
 
     model: tokenizer (registry name, Hub id or path). generator: generator name/path, or None
-    to disable generation. Models load on first use (``load()`` loads them now, raising the
+    to disable generation. examples: folder of example ``.png`` photos (default: the
+    repository's ``examples/data`` when present). Models load on first use (``load()`` loads them now, raising the
     loader's error for a wrong name or file). Files for downloads are written only inside a
     private temporary folder, removed by :meth:`close`.
     """
 
     def __init__(self, model: str = "default", generator: Optional[str] = "default", *, device=None,
-                 limits: Limits = Limits()):
+                 limits: Limits = Limits(), examples: Optional[Path] = None):
+        self.examples_dir = Path(examples) if examples is not None else EXAMPLES
         self.model_name = model
         self.generator_name = generator
         self.device = device
@@ -167,10 +170,16 @@ class Studio:
                                 "max_steps": self.limits.max_steps}
         return out
 
-    @staticmethod
-    def examples() -> list[str]:
-        """File names of the example photos shipped in ``examples/data`` (empty when absent)."""
-        return sorted(p.name for p in EXAMPLES.glob("*.png")) if EXAMPLES.is_dir() else []
+    def examples(self) -> list[str]:
+        """File names of the example photos (empty when the folder is absent)."""
+        d = self.examples_dir
+        return sorted(p.name for p in d.glob("*.png")) if d.is_dir() else []
+
+    def example_bytes(self, name: Any) -> bytes:
+        """The file of example ``name`` (one of :meth:`examples`)."""
+        if name not in self.examples():
+            raise StudioError(f"example: expected one of {self.examples()}, got {name!r}", 404)
+        return (self.examples_dir / name).read_bytes()
 
     # ------------------------------------------------------------------ sessions
     def _new_session(self, image: Image.Image, name: str, kind: str, class_id: Optional[int] = None) -> Session:
@@ -245,9 +254,7 @@ class Studio:
 
     def open_example(self, name: Any) -> dict:
         """Start a session from one of :meth:`examples`."""
-        if name not in self.examples():
-            raise StudioError(f"example: expected one of {self.examples()}, got {name!r}", 404)
-        with Image.open(EXAMPLES / name) as im:
+        with Image.open(io.BytesIO(self.example_bytes(name))) as im:
             return self._open(im.convert("RGB"), name)
 
     def _open(self, image: Image.Image, name: str) -> dict:

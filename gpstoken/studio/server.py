@@ -29,10 +29,11 @@ import webbrowser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
-from .engine import EXAMPLES, Limits, Studio, StudioError
+from .engine import Limits, Studio, StudioError
 from .jobs import JobRunner
 
 STATIC = {"index.html": "text/html; charset=utf-8", "studio.js": "text/javascript; charset=utf-8",
@@ -154,9 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
             if parts == ["api", "info"]:
                 return self._json(studio.info())
             if parts[:2] == ["api", "examples"] and len(parts) == 3:
-                if parts[2] not in studio.examples():
-                    raise StudioError(f"no example {parts[2]!r}", 404)
-                return self._send(200, (EXAMPLES / parts[2]).read_bytes(), "image/png")
+                return self._send(200, studio.example_bytes(parts[2]), "image/png")
             if parts[:2] == ["api", "jobs"] and len(parts) == 3:
                 st = self.server.jobs.status(parts[2])
                 return self._json(st) if st else self._error("unknown job", 404)
@@ -210,13 +209,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(model: str = "default", generator: Optional[str] = "default", *, host: str = "127.0.0.1",
-                port: int = 7860, device=None, limits: Limits = Limits()) -> StudioServer:
+                port: int = 7860, device=None, limits: Limits = Limits(),
+                examples: Optional[Path] = None) -> StudioServer:
     """Load the models (errors for wrong names/files raise here) and bind the server.
 
     port 0 picks a free port (``server.url`` tells which). Call ``serve_forever()`` on the
     result (or run it on a thread) and ``server_close()`` at the end.
     """
-    studio = Studio(model, generator, device=device, limits=limits)
+    studio = Studio(model, generator, device=device, limits=limits, examples=examples)
     try:
         studio.load()
         return StudioServer(studio, host, port)
@@ -226,9 +226,10 @@ def make_server(model: str = "default", generator: Optional[str] = "default", *,
 
 
 def serve(model: str = "default", generator: Optional[str] = "default", *, host: str = "127.0.0.1",
-          port: int = 7860, device=None, limits: Limits = Limits(), open_browser: bool = False) -> None:
+          port: int = 7860, device=None, limits: Limits = Limits(), examples: Optional[Path] = None,
+          open_browser: bool = False) -> None:
     """Run the studio until Ctrl-C (what ``gpstoken studio`` and ``app.py`` call)."""
-    server = make_server(model, generator, host=host, port=port, device=device, limits=limits)
+    server = make_server(model, generator, host=host, port=port, device=device, limits=limits, examples=examples)
     print(f"gpstoken studio on {server.url}  (Ctrl-C to stop)", flush=True)
     if not server.loopback_only:
         print(f"note: listening on {host}, reachable from other machines", file=sys.stderr, flush=True)
