@@ -25,7 +25,7 @@ from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
 
 
 def layout(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """g_init [n,5] and regions [n,4] (algorithms.md section 1 formulas) of n cells tiling 256x256."""
+    """g_init [n,5] and regions [n,4] (docs/algorithms.md section 1 formulas) of n cells tiling 256x256."""
     cells: list[tuple[int, int, int, int]] = []
     y = 0
     sizes = [(32, 32), (16, 32), (16, 16)]

@@ -64,7 +64,7 @@ def edit_layout(image_or_layout: ImageLike | Layout, *, n_tokens: Optional[int] 
     model's) or an existing :class:`Layout`. priority: a mask (HxW bool/float) or a list of
     pixel boxes (x0, y0, x1, y1) that get more tokens (needs an image). remove: token indices
     to drop; move: {index: (x, y)} new centres in pixels; add: pixel boxes (x0, y0, x1, y1) of
-    new Gaussians. calibrate: snap the result to valid partition cells (algorithms.md s.7).
+    new Gaussians. calibrate: snap the result to valid partition cells (docs/algorithms.md section 7).
     Operations apply in the order remove, move, add.
     """
     if isinstance(image_or_layout, Layout):

@@ -1,4 +1,4 @@
-"""Token-layout geometry: the constants and every conversion between frames (docs/algorithms.md section 1).
+"""Token-layout geometry: the constants and every conversion between frames (docs/algorithms.md section 0).
 
 Frames and units, as in the official code:
 
@@ -170,7 +170,7 @@ def _channels_last(x: torch.Tensor) -> bool:
 
 # --------------------------------------------------------------------------- patch frame <-> merged frame
 def merge_patch_tokens(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Per-patch tokens -> image-level tokens in the merged frame (algorithms.md section 5).
+    """Per-patch tokens -> image-level tokens in the merged frame (docs/algorithms.md section 5).
 
     tokens: float ``[B*k*m, N, 5+C]``, patches row-major per image, each in its patch's own
     [-1, 1] frame. grid: ``(k, m)`` = (patch rows, patch columns).

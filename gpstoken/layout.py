@@ -15,7 +15,7 @@ Pixel-level edits (:meth:`Layout.add`, :meth:`Layout.move`) take **image pixel c
 (x = column, y = row, in the original image). None of them calibrates: call
 :func:`calibrate` afterwards to snap the result back onto valid partition cells.
 
-Calibration (algorithms.md section 7) is :func:`calibrate`; see its docstring for the
+Calibration (docs/algorithms.md section 7) is :func:`calibrate`; see its docstring for the
 algorithm.
 """
 from __future__ import annotations
@@ -170,7 +170,7 @@ class Layout:
     def from_cells(
         cls, cells: torch.Tensor | np.ndarray, image_size: tuple[int, int], grid: tuple[int, int] | None = None
     ) -> "Layout":
-        """Layout of integer pixel cells (official ``g_init``/region formulas, section 1).
+        """Layout of integer pixel cells (official ``g_init``/region formulas, docs/algorithms.md section 0).
 
         cells: int ``[B,N,4]`` or ``[N,4]`` (batch of one) ``(x0, y0, x1, y1)`` inclusive
         pixel ranges in each patch's frame (``0 <= x0 < x1 <= 255``), patch-major.
@@ -246,7 +246,7 @@ class Layout:
         boxes: ``[M,4]`` ``(x0, y0, x1, y1)`` inclusive pixel boxes in image coordinates
             (x = column), ``0 <= x0 < x1 <= W-1``, ``0 <= y0 < y1 <= H-1``; floats allowed.
             A box crossing a patch border is clipped to the patch holding its centre. Its
-            Gaussian follows the official formulas of section 1.
+            Gaussian follows the official formulas (docs/algorithms.md section 0).
         gaussians: ``[M,5]`` ``(sigma_x, sigma_y, rho, mu_x, mu_y)`` in the merged frame of the
             whole padded image (section 5; for a single-patch image this is the patch frame).
             Each goes to the patch holding its centre; its region is derived from its sigma.
@@ -559,7 +559,7 @@ def _calibrate_patch(geometry: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def calibrate(layout: Layout, *, min_size: int = 8) -> Layout:
-    """Snap every Gaussian onto a cell the partition could produce (algorithms.md section 7).
+    """Snap every Gaussian onto a cell the partition could produce (docs/algorithms.md section 7).
 
     Only ``geometry`` (mean and sigma) is used; ``regions`` and rho are recomputed from the
     snapped cells with the official formulas. Per 256 patch with M Gaussians:

@@ -1,4 +1,4 @@
-"""Per-class bank of initial layouts ``g_init`` (algorithms.md section 6).
+"""Per-class bank of initial layouts ``g_init`` (docs/algorithms.md section 6).
 
 The official release samples the layout of a generated image from a bank of layouts taken
 from training images of the class (``initg.pickle``). Here a bank is a mapping

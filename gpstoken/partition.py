@@ -1,4 +1,4 @@
-"""Entropy-driven adaptive partition (algorithms.md section 1), exact official semantics.
+"""Entropy-driven adaptive partition (docs/algorithms.md section 1), exact official semantics.
 
 Each 256x256 patch is split greedily into ``n_tokens`` rectangular cells. The complexity of a
 cell is ``E ** weight * h * w + sum(bias over the cell)`` where ``E`` is the entropy of the

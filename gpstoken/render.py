@@ -1,4 +1,4 @@
-"""Splatting render of GPS tokens into a feature map (algorithms.md section 2).
+"""Splatting render of GPS tokens into a feature map (docs/algorithms.md section 2).
 
 ``render(geometry [B,N,5], features [B,N,C], size=(h,w), support=3.0) -> [B,C,h,w]``
 

@@ -1,4 +1,4 @@
-"""Flow-matching samplers (algorithms.md section 6).
+"""Flow-matching samplers (docs/algorithms.md section 6).
 
 Path: linear interpolant ``x_t = t * x_data + (1 - t) * noise`` (``alpha_t = t``,
 ``sigma_t = 1 - t``), so ``t = 0`` is pure noise and ``t = 1`` is data. The model predicts the

@@ -1,4 +1,4 @@
-/* Native CPU path of the entropy-driven partition (algorithms.md section 1).
+/* Native CPU path of the entropy-driven partition (docs/algorithms.md section 1).
  *
  * The pure-torch path in gpstoken/partition.py is the reference this file is tested against
  * (tests/test_partition.py runs both on every official fixture and on random cells). Every

@@ -1,4 +1,4 @@
-"""Triton backward splatting kernel (algorithms.md section 2; the cut-off box is constant).
+"""Triton backward splatting kernel (docs/algorithms.md section 2; the cut-off box is constant).
 
 One program owns one token. It first finds the token's pixel box exactly (the pixels passing
 ``|x_j - mu_x| <= support*sigma_x`` form one interval because ``x_j - mu_x`` is monotone in j;

@@ -1,4 +1,4 @@
-"""Triton forward splatting kernel (algorithms.md section 2).
+"""Triton forward splatting kernel (docs/algorithms.md section 2).
 
 One program renders a ``BLOCK_H x BLOCK_W`` tile of pixels for one batch item and one block
 of ``BLOCK_C`` channels. It loops over the item's N tokens; a token whose cut-off box misses

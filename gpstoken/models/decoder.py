@@ -1,4 +1,4 @@
-"""GPSToken decoder (algorithms.md section 4): rendered feature map -> image.
+"""GPSToken decoder (docs/algorithms.md section 4): rendered feature map -> image.
 
 VAE-style decoder with the official ``decoder.*`` state-dict keys. Every norm in its
 residual blocks is the *patch-aware GroupNorm* (:class:`PatchGroupNorm`); the final norm is

@@ -1,4 +1,4 @@
-"""SiT generator over GPS tokens (algorithms.md section 6), with the official state-dict layout.
+"""SiT generator over GPS tokens (docs/algorithms.md section 6), with the official state-dict layout.
 
 The token sequence is treated as a ``[B, C, N, 1]`` "image" with patch size 1, so every
 token is one transformer position. Instead of a positional embedding, the initial layout

@@ -1,7 +1,7 @@
 """GPSToken tokenizer: refinement-transformer encoder + splatting render + decoder.
 
 :class:`GPSTokenizer` has exactly the official state-dict keys and shapes, so official
-checkpoints load with ``strict=True`` and no renaming (algorithms.md sections 3-5).
+checkpoints load with ``strict=True`` and no renaming (docs/algorithms.md sections 3-5).
 
 Differences from the official code, all output-preserving:
 

@@ -10,7 +10,7 @@ Pipeline:
    share and the main process merges them.
 2. **Normalisation**: per-channel mean / std over all tokens. The texture target is
    ``[geometry - g_init, features]`` (21 channels for C=16), since generation adds ``g_init``
-   back after de-normalisation (algorithms.md section 6). The layout target is ``g_init``.
+   back after de-normalisation (docs/algorithms.md section 6). The layout target is ``g_init``.
    Channels that never vary (rho of ``g_init`` is always 0) get std 1.
 3. **Flow matching**: ``x_t = t * x1 + (1 - t) * x0`` with ``x0 ~ N(0, I)``, ``t ~ U(0, 1)``;
    the SiT predicts the velocity ``x1 - x0`` (MSE). Labels are dropped with the SiT's
