@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from . import images as _images
 from .layout import Layout, calibrate as _calibrate
 from .partition import partition
 from .pipeline import Generator, Tokenizer, load_generator, load_tokenizer
@@ -23,36 +22,29 @@ def _tokenizer(model: str | Tokenizer, device=None) -> Tokenizer:
 
 def encode(image: ImageLike, n_tokens: Optional[int] = None, *, layout: Optional[Layout] = None,
            model: str | Tokenizer = "default", device=None) -> GPSTokens:
-    """Encode images into GPS tokens.
+    """Encode images into GPS tokens: :meth:`Tokenizer.encode` of ``model``.
 
     image: any accepted image kind, H, W >= 32. n_tokens: tokens per 256x256 patch (default:
     what the model was trained with); ignored when ``layout`` is given. layout: a
     :class:`Layout` from :func:`partition` / :func:`edit_layout` for these images.
     Returns :class:`GPSTokens` with geometry [B, k*m*n_tokens, 5] and features [B, ..., C].
     """
-    tok = _tokenizer(model, device)
-    x, kind = _images.to_tensor(image)
-    if layout is None:
-        layout = partition(x, n_tokens if n_tokens is not None else tok.config.gps_num)
-    elif not isinstance(layout, Layout):
-        raise TypeError(f"layout: expected a gpstoken.Layout, got {type(layout).__name__}")
-    elif n_tokens is not None and n_tokens != layout.n_tokens:
-        raise ValueError(f"n_tokens: {n_tokens} disagrees with the layout's {layout.n_tokens} tokens per patch")
-    return tok.encode_tensor(x, layout).with_source(kind)
+    return _tokenizer(model, device).encode(image, n_tokens, layout=layout)
 
 
 def decode(tokens: GPSTokens, *, model: Optional[str | Tokenizer] = None, device=None) -> ImageLike:
     """Decode :class:`GPSTokens` into images of the encoded size, in the kind that was encoded
-    (PIL for tokens loaded from a file). model: defaults to ``tokens.model``."""
+    (PIL for tokens loaded from a file): :meth:`Tokenizer.decode`. model: defaults to ``tokens.model``."""
     if not isinstance(tokens, GPSTokens):
         raise TypeError(f"tokens: expected gpstoken.GPSTokens (from encode or GPSTokens.load), got {type(tokens).__name__}")
-    tok = _tokenizer(model if model is not None else tokens.model, device)
-    return _images.from_tensor(tok.decode_tensor(tokens), tokens.output_kind)
+    return _tokenizer(model if model is not None else tokens.model, device).decode(tokens)
 
 
-def reconstruct(image: ImageLike, n_tokens: Optional[int] = None, **kw) -> ImageLike:
-    """``decode(encode(image, n_tokens, **kw))``: same kind and size as the input."""
-    return decode(encode(image, n_tokens, **kw), model=kw.get("model", "default"), device=kw.get("device"))
+def reconstruct(image: ImageLike, n_tokens: Optional[int] = None, *, layout: Optional[Layout] = None,
+                model: str | Tokenizer = "default", device=None) -> ImageLike:
+    """``decode(encode(image, n_tokens))`` with one tokenizer (:meth:`Tokenizer.reconstruct`):
+    same kind and size as the input."""
+    return _tokenizer(model, device).reconstruct(image, n_tokens, layout=layout)
 
 
 def edit_layout(image_or_layout: ImageLike | Layout, *, n_tokens: Optional[int] = None,
@@ -84,15 +76,18 @@ def edit_layout(image_or_layout: ImageLike | Layout, *, n_tokens: Optional[int] 
     return _calibrate(layout) if calibrate else layout
 
 
-def generate(class_id: int, *, n: int = 1, seed: Optional[int] = None, layout: Optional[Layout] = None,
-             cfg_scale: float = 1.5, steps: int = 50, sampler: str = "sde",
-             model: str | Generator = "default", device=None, progress: bool = True) -> list:
-    """Two-stage class-conditional generation: layout -> calibration -> texture -> decode.
+def generate(class_id: int | str, *, n: int = 1, seed: Optional[int] = None, layout: Optional[Layout] = None,
+             cfg_scale: Optional[float] = None, steps: Optional[int] = None, sampler: Optional[str] = None,
+             guidance_interval: Optional[tuple[float, float]] = None, model: str | Generator = "default",
+             device=None, progress: bool = True) -> list:
+    """Two-stage class-conditional generation (:meth:`Generator.generate`): layout -> texture -> decode.
 
-    Returns a list of ``n`` PIL images (256x256). layout: a user layout (e.g. from
-    :func:`edit_layout` on a 256x256 image with the generator's token count) replaces stage 1.
+    class_id: class index or name (``207`` or ``"golden retriever"`` with
+    ``model="gpstoken-sit-xl"``). Returns a list of ``n`` PIL images (256x256). layout: a user
+    layout (e.g. from :func:`edit_layout` on a 256x256 image with the generator's token count)
+    replaces stage 1. cfg_scale, steps, sampler, guidance_interval: default to the model's
+    sampling defaults (``Generator.sampling``).
     """
     gen = model if isinstance(model, Generator) else load_generator(model, device=device)
-    return gen.generate(class_id, n=n, seed=seed, layout=layout, cfg_scale=cfg_scale, steps=steps,
-                        sampler=sampler, progress=progress).images
-
+    return gen.generate(class_id, n=n, seed=seed, layout=layout, cfg_scale=cfg_scale, steps=steps, sampler=sampler,
+                        guidance_interval=guidance_interval, progress=progress).images

@@ -63,19 +63,44 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     import gpstoken
 
     out = Path(a.output)
-    images = gpstoken.generate(a.class_id, n=a.n, seed=a.seed, cfg_scale=a.cfg_scale, steps=a.steps,
-                               sampler=a.sampler, model=a.model, device=a.device)
+    gen = gpstoken.load_generator(a.model, device=a.device)
+    class_id = gen.class_index(int(a.class_id) if a.class_id.strip().isdigit() else a.class_id)
+    images = gpstoken.generate(class_id, n=a.n, seed=a.seed, cfg_scale=a.cfg_scale, steps=a.steps,
+                               sampler=a.sampler, guidance_interval=a.guidance_interval, model=gen)
     for i, img in enumerate(images):
-        _save_image(img, str(out / f"class{a.class_id}_{i:03d}.png"))
+        _save_image(img, str(out / f"class{class_id}_{i:03d}.png"))
 
 
 def _cmd_models(a: argparse.Namespace) -> None:
     from . import hub
 
-    for name in hub.list_pretrained():
-        spec = hub.get_spec(name)
-        where = "embedded" if spec.embedded else f"{spec.repo_id}:{spec.filename}"
-        print(f"{name:26s} {spec.kind:10s} {where:45s} {spec.description}")
+    if a.name is None:
+        for name in hub.list_pretrained():
+            spec = hub.get_spec(name)
+            where = "embedded" if spec.embedded else f"{spec.repo_id}:{spec.filename}"
+            print(f"{name:26s} {spec.kind:10s} {where:45s} {spec.description}")
+        print("gpstoken models NAME: details of one model (a generator's classes and sampling defaults)")
+        return
+    spec = hub.get_spec(a.name)
+    print(f"{spec.name}: {spec.description}")
+    if not spec.embedded:
+        print(f"  file: {spec.repo_id}:{spec.filename} (revision {spec.revision})")
+    if spec.kind == "generator":
+        config = spec.generator_config() if spec.arch is not None else _embedded_generator_config(spec)
+        s = config.sampling
+        print(f"  tokenizer: {config.tokenizer}; {config.n_tokens} tokens; layout bank: {spec.layout_bank or 'none'}")
+        print(f"  sampling defaults: sampler={s.sampler} steps={s.steps} cfg_scale={s.cfg_scale} "
+              f"guidance_interval={s.guidance_interval}")
+        names = config.class_names or [str(i) for i in range(config.texture.num_classes)]
+        print(f"  {len(names)} classes (generate(class_id=INDEX or NAME)):")
+        for i, n in enumerate(names):
+            print(f"  {i:5d}  {n}")
+
+
+def _embedded_generator_config(spec):
+    from . import checkpoint, hub
+
+    return checkpoint.GeneratorConfig.from_dict(hub.resolve(spec.name, "generator").config)
 
 
 def _cmd_convert(a: argparse.Namespace) -> None:
@@ -164,13 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_show)
 
     g = sub.add_parser("generate", help="class-conditional two-stage generation")
-    g.add_argument("--class", dest="class_id", type=int, required=True)
+    g.add_argument("--class", dest="class_id", required=True,
+                   help='class index or name, e.g. 207 or "golden retriever" (see: gpstoken models NAME)')
     g.add_argument("-o", "--output", required=True, help="output folder")
     g.add_argument("-n", type=int, default=4)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--cfg-scale", type=float, default=1.5)
-    g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--sampler", default="sde", choices=["sde", "ode", "euler", "heun", "dopri5"])
+    g.add_argument("--cfg-scale", type=float, default=None, help="default: the model's")
+    g.add_argument("--steps", type=int, default=None, help="default: the model's")
+    g.add_argument("--sampler", default=None, choices=["sde", "ode", "euler", "heun", "dopri5"],
+                   help="default: the model's")
+    g.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="flow times in [0, 1] where guidance applies (default: the model's)")
     common(g)
     g.set_defaults(func=_cmd_generate)
 
@@ -212,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
     v.set_defaults(func=_cmd_eval)
 
-    m = sub.add_parser("models", help="list the registered pretrained checkpoints")
+    m = sub.add_parser("models", help="list the registered pretrained checkpoints, or show one")
+    m.add_argument("name", nargs="?", default=None, help="a registry name: show its details and classes")
     m.set_defaults(func=_cmd_models)
 
     c = sub.add_parser("convert", help="convert an official PyTorch checkpoint to safetensors")

@@ -16,24 +16,26 @@ Only safetensors files are loaded. Official PyTorch pickles (``.pt``/``.pth``/``
 converted once with :func:`convert_checkpoint`, which refuses to unpickle unless told the
 file is trusted.
 
-Official release (Hub repo ``xtudbxk/GPSToken``): the tokenizer files
-``gpstoken_s64.safetensors``, ``gpstoken_m128.safetensors`` and ``gpstoken_l256.safetensors``
-are listed in that repo. The generator file name ``generator.safetensors`` (and the layout
-bank ``initg.pickle``) are the names the official generation script uses; that they are
-published in the same repo is an assumption. Any entry can be overridden with
-:func:`register` (``overwrite=True``) or bypassed with ``"repo@revision:filename"`` or a
-local path.
+Official release: the official README (:data:`OFFICIAL_PAGE`) distributes the tokenizers
+``gpstoken_s64.safetensors``, ``gpstoken_m128.safetensors``, ``gpstoken_l256.safetensors`` and,
+for generation, ``generator.safetensors`` with the layout bank ``initg.pickle`` (the names its
+``scripts/generate.sh`` uses). The registry looks for them in the Hub repo ``xtudbxk/GPSToken``;
+a user holding the files passes their path or folder instead (no config file needed: see
+:func:`gpstoken.load_tokenizer` and :func:`gpstoken.load_generator`). Any entry can be
+overridden with :func:`register` (``overwrite=True``).
+
+:func:`portable_id` maps a loaded model back to an id that works on another machine.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import json
 import os
 import re
-import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -41,30 +43,20 @@ import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError, HfHubHTTPError
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
-from .models.configs import SIT_ARCHS, TOKENIZER_ARCHS
+from .checkpoint import (  # noqa: F401  (the error types are part of this module's interface)
+    KINDS, PICKLE_SUFFIXES, CheckpointFormatError, CheckpointMismatchError, CheckpointNotFoundError,
+    GeneratorConfig, atomic_save, checkpoint_config, load_safetensors, read_metadata, save_checkpoint,
+)
+from .imagenet import imagenet_classes
+from .models.configs import SIT_ARCHS, TOKENIZER_ARCHS, TokenizerConfig
+from .sampling import SamplingDefaults
 
-KINDS = ("tokenizer", "generator")
-CHECKPOINT_FORMAT = "gpstoken"
-CHECKPOINT_FORMAT_VERSION = 1
 OFFICIAL_REPO = "xtudbxk/GPSToken"
-_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+#: the official README: its Model Zoo links the released files (Baidu Pan / OneDrive)
+OFFICIAL_PAGE = "https://github.com/xtudbxk/GPSToken#-quick-start"
 _WEIGHTS_PACKAGE = "gpstoken"
 _WEIGHTS_FOLDER = "weights"
-
-
-class CheckpointNotFoundError(FileNotFoundError):
-    """A checkpoint file could not be found locally nor fetched from the Hub."""
-
-
-class CheckpointFormatError(ValueError):
-    """A file is not a loadable checkpoint (corrupt, not safetensors, pickled, wrong kind)."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A state dict does not match the model (missing, unexpected or mis-shaped keys)."""
 
 
 # ---------------------------------------------------------------------- registry
@@ -80,9 +72,17 @@ class PretrainedSpec:
         revision: Hub branch, tag or commit.
         arch: architecture name in ``models.configs.TOKENIZER_ARCHS``/``SIT_ARCHS``, or None
             when the config comes from the checkpoint's own metadata.
-        extra: anything else the pipeline needs (generator: ``latent_mean``/``latent_std``
-            lists of 21 values, ``tokenizer`` paired registry name, sampling defaults).
         description: one line for listings.
+        decode_per_patch: tokenizer: decode images above 256x256 patch by patch (the official
+            L256 inference path) instead of one merged map.
+        tokenizer: generator: the paired tokenizer (registry name, Hub id or path).
+        latent_mean, latent_std: generator: the ``[5+C]`` normalisation of its targets.
+        layout_bank: generator: file name of the official layout bank (``initg.pickle``) next
+            to the weights.
+        sampling: generator: the defaults ``generate`` uses.
+        imagenet_classes: generator: its classes are the 1000 ImageNet-1k classes
+            (:mod:`gpstoken.imagenet`).
+        download_page: where the files are published when the Hub does not have them.
     """
 
     name: str
@@ -91,8 +91,15 @@ class PretrainedSpec:
     filename: str
     revision: str = "main"
     arch: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    decode_per_patch: bool = False
+    tokenizer: str | None = None
+    latent_mean: tuple[float, ...] | None = None
+    latent_std: tuple[float, ...] | None = None
+    layout_bank: str | None = None
+    sampling: SamplingDefaults | None = None
+    imagenet_classes: bool = False
+    download_page: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -100,6 +107,10 @@ class PretrainedSpec:
         archs = TOKENIZER_ARCHS if self.kind == "tokenizer" else SIT_ARCHS
         if self.arch is not None and self.arch not in archs:
             raise ValueError(f"PretrainedSpec.arch: unknown {self.kind} architecture {self.arch!r}; known: {sorted(archs)}")
+        if self.kind == "generator" and self.arch is not None and (
+                self.tokenizer is None or self.latent_mean is None or self.latent_std is None):
+            raise ValueError(f"PretrainedSpec {self.name!r}: a generator with an arch needs tokenizer, latent_mean "
+                             "and latent_std (its checkpoint carries no config)")
 
     @property
     def embedded(self) -> bool:
@@ -112,6 +123,15 @@ class PretrainedSpec:
             return None
         archs = TOKENIZER_ARCHS if self.kind == "tokenizer" else SIT_ARCHS
         return archs[self.arch].to_dict()
+
+    def generator_config(self) -> GeneratorConfig:
+        """The :class:`GeneratorConfig` of an official generator (one with ``arch``)."""
+        if self.kind != "generator" or self.arch is None:
+            raise ValueError(f"{self.name!r} is not a generator with a registered architecture")
+        return GeneratorConfig(
+            texture=SIT_ARCHS[self.arch], latent_mean=self.latent_mean, latent_std=self.latent_std,
+            tokenizer=self.tokenizer, class_names=imagenet_classes() if self.imagenet_classes else None,
+            sampling=self.sampling or SamplingDefaults())
 
 
 _REGISTRY: dict[str, PretrainedSpec] = {}
@@ -152,6 +172,11 @@ def get_spec(name: str, kind: str | None = None) -> PretrainedSpec:
     return spec
 
 
+def spec_of_arch(arch: str | None, kind: str) -> PretrainedSpec | None:
+    """The registered checkpoint of ``kind`` built on architecture ``arch`` (None when none is)."""
+    return next((s for s in _REGISTRY.values() if s.kind == kind and arch is not None and s.arch == arch), None)
+
+
 # official generator normalisation (configs/gpstoken_generator.yaml of the release): 5 geometry
 # channels then 16 feature channels
 GENERATOR_LATENT_MEAN = (
@@ -168,21 +193,17 @@ for _n, _tokens in (("s64", 64), ("m128", 128), ("l256", 256)):
         name=f"gpstoken-{_n}", kind="tokenizer", repo_id=OFFICIAL_REPO, filename=f"gpstoken_{_n}.safetensors",
         arch=f"gpstoken-{_n}",
         # the official inference script decodes L256 images above 256 patch by patch
-        extra={"n_tokens": _tokens, "decode_per_patch": _n == "l256"},
+        decode_per_patch=_n == "l256",
         description=f"official GPSToken-{_n.upper()} tokenizer ({_tokens} tokens per 256x256 patch)",
+        download_page=OFFICIAL_PAGE,
     ))
-register(PretrainedSpec(
+#: the official generator (``inference_generator.py`` + ``scripts/generate.sh`` of the release)
+OFFICIAL_GENERATOR = register(PretrainedSpec(
     name="gpstoken-sit-xl", kind="generator", repo_id=OFFICIAL_REPO, filename="generator.safetensors",
-    arch="SiT-XL/2-gs",
-    extra={
-        "tokenizer": "gpstoken-m128",
-        "n_tokens": 128,
-        "latent_mean": list(GENERATOR_LATENT_MEAN),
-        "latent_std": list(GENERATOR_LATENT_STD),
-        "layout_bank": "initg.pickle",
-        "state_dict_prefix": "ema_model.",
-        "cfg_scale": 1.5, "guidance_low": 200, "guidance_high": 1000, "steps": 250, "sampler": "sde",
-    },
+    arch="SiT-XL/2-gs", tokenizer="gpstoken-m128",
+    latent_mean=GENERATOR_LATENT_MEAN, latent_std=GENERATOR_LATENT_STD, layout_bank="initg.pickle",
+    sampling=SamplingDefaults(steps=250, sampler="sde", cfg_scale=1.5, guidance_interval=(0.2, 1.0)),
+    imagenet_classes=True, download_page=OFFICIAL_PAGE,
     description="official SiT-XL class-conditional generator over GPSToken-M128 tokens (ImageNet 256)",
 ))
 register(PretrainedSpec(
@@ -193,164 +214,6 @@ register(PretrainedSpec(
     name="gpstoken-tiny-generator", kind="generator", repo_id=None, filename="gpstoken_tiny_generator.safetensors",
     description="small generator embedded in the package (works offline); config in its metadata",
 ))
-
-
-# ---------------------------------------------------------------------- safetensors files
-def _atomic_save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> Path:
-    """``safetensors.torch.save_file`` through a temp file in the same folder + ``os.replace``."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist (writing {path.name})")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(dict(tensors), tmp, metadata=dict(metadata))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _is_pickle(path: Path) -> bool:
-    """True for a torch zip checkpoint or a raw pickle (protocol >= 2 starts with 0x80).
-
-    A safetensors file starts with an 8-byte little-endian header length followed by ``{``;
-    its first byte can be 0x80 too, so that header is recognised first.
-    """
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{":
-        return False
-    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
-
-
-def _pickle_message(path: Path) -> str:
-    return (
-        f"{path} looks like a PyTorch pickle checkpoint; gpstoken only loads safetensors files. "
-        "Convert it once with gpstoken.hub.convert_checkpoint(src, dst, trust=True) (only for files "
-        "from a source you trust: unpickling can run code), then load dst"
-    )
-
-
-def _open_checked(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
-    if not path.is_file():
-        raise CheckpointFormatError(f"{path} is not a file")
-    if path.suffix.lower() in _PICKLE_SUFFIXES or _is_pickle(path):
-        raise CheckpointFormatError(_pickle_message(path))
-    return path
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata of a safetensors file (empty dict when it has none).
-
-    Raises CheckpointNotFoundError (missing) or CheckpointFormatError (pickled, corrupt, not
-    safetensors), naming the file.
-    """
-    path = _open_checked(path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {})
-    except SafetensorError as e:
-        raise CheckpointFormatError(f"{path} is corrupt or not a safetensors file ({e})") from e
-
-
-def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load ``(state_dict, metadata)`` from a safetensors file.
-
-    Raises CheckpointNotFoundError for a missing file and CheckpointFormatError for a pickled
-    (``.pt``/``.pth``/``.ckpt``) file (with how to convert it) or a corrupt / non-safetensors
-    file.
-    """
-    metadata = read_metadata(path)
-    try:
-        state_dict = load_file(str(path), device=str(device))
-    except SafetensorError as e:
-        raise CheckpointFormatError(f"{path} is corrupt or not a safetensors file ({e})") from e
-    return state_dict, metadata
-
-
-def checkpoint_config(metadata: Mapping[str, str], kind: str | None = None) -> dict[str, Any] | None:
-    """The config dict stored by :func:`save_checkpoint`, or None for other files.
-
-    When ``kind`` is given and the file records a different kind, CheckpointFormatError.
-    """
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        return None
-    if kind is not None and metadata.get("kind") not in (None, kind):
-        raise CheckpointFormatError(f"checkpoint is a {metadata.get('kind')} checkpoint, expected a {kind}")
-    if "config" not in metadata:
-        return None
-    try:
-        config = json.loads(metadata["config"])
-    except json.JSONDecodeError as e:
-        raise CheckpointFormatError(f"checkpoint metadata 'config' is not valid JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise CheckpointFormatError(f"checkpoint metadata 'config' must be a JSON object, got {type(config).__name__}")
-    return config
-
-
-def save_checkpoint(
-    state_dict: Mapping[str, torch.Tensor],
-    path: str | os.PathLike,
-    config: Mapping[str, Any],
-    kind: str,
-    extra_metadata: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write a gpstoken checkpoint: safetensors with ``{"format": "gpstoken", "kind", "config"}``.
-
-    ``config`` (JSON-serialisable) is read back by :func:`resolve`/:func:`checkpoint_config`.
-    ``extra_metadata`` values that are not strings are stored as JSON. Atomic write.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
-    if not isinstance(config, Mapping):
-        raise TypeError(f"config: expected a dict, got {type(config).__name__}")
-    metadata: dict[str, str] = {}
-    for k, v in (extra_metadata or {}).items():
-        metadata[str(k)] = v if isinstance(v, str) else json.dumps(v)
-    metadata.update(
-        format=CHECKPOINT_FORMAT, format_version=str(CHECKPOINT_FORMAT_VERSION), kind=kind, config=json.dumps(dict(config))
-    )
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    return _atomic_save(tensors, path, metadata)
-
-
-def check_state_dict(
-    expected: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], *, name: str = "checkpoint", show: int = 5
-) -> None:
-    """Raise CheckpointMismatchError unless ``state_dict`` has exactly the keys/shapes expected.
-
-    expected: key -> shape (tuple / ``torch.Size``) or tensor (e.g. ``model.state_dict()``).
-    The message lists the first ``show`` missing, unexpected and mis-shaped keys with counts.
-    """
-    want = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in expected.items()}
-    missing = [k for k in want if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in want]
-    mismatched = [
-        f"{k}: expected {want[k]}, got {tuple(state_dict[k].shape)}"
-        for k in want if k in state_dict and tuple(state_dict[k].shape) != want[k]
-    ]
-    if not (missing or unexpected or mismatched):
-        return
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-        if items:
-            more = f", ... ({len(items) - show} more)" if len(items) > show else ""
-            parts.append(f"{len(items)} {label}: " + ", ".join(items[:show]) + more)
-    raise CheckpointMismatchError(f"{name} does not match the model: " + "; ".join(parts))
 
 
 # ---------------------------------------------------------------------- conversion
@@ -421,21 +284,48 @@ def convert_checkpoint(
             raise CheckpointFormatError(f"{src}: stripping {prefixes} makes key {k!r} appear twice")
         out[k] = v.detach().clone().contiguous()  # clone: safetensors refuses shared storage
     meta = {"converted_from": src.name, **dict(metadata or {})}
-    return _atomic_save(out, dst, meta)
+    return atomic_save(out, dst, meta)
 
 
 # ---------------------------------------------------------------------- resolving names
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
-    """Where a checkpoint is on disk, the registry entry it came from and its config.
+    """Where a checkpoint is on disk, where it came from, and its config.
 
     config: from the file's gpstoken metadata, else a ``config.json`` next to it (folders and
-    Hub repos), else the registry entry's architecture; None when nothing says.
+    Hub repos), else the registry entry's (or the explicit / recognised) architecture; None
+    when nothing says. source: the portable id (registry name, ``owner/repo[@rev]:file``) or,
+    for local files, the absolute path. repo_id/revision: the Hub repo it was fetched from.
+    arch: the architecture name when the config came from one.
     """
 
     path: Path
     spec: PretrainedSpec | None
     config: dict[str, Any] | None
+    source: str = ""
+    repo_id: str | None = None
+    revision: str | None = None
+    arch: str | None = None
+
+    def sibling(self, filename: str) -> Path | None:
+        """A file next to the checkpoint (same folder, or same Hub repo and revision); None when
+        there is none. Hub files are fetched (offline: from the cache)."""
+        if self.repo_id is not None:
+            try:
+                return _download(self.repo_id, filename, self.revision, self.source)
+            except CheckpointNotFoundError:
+                return None
+        path = self.path.parent / filename
+        return path if path.is_file() else None
+
+    def reference(self, ref: str) -> str:
+        """``ref`` (a name, Hub id, or a ``.safetensors`` path relative to this checkpoint) made
+        usable from anywhere: relative paths become ``owner/repo@rev:ref`` or a local path."""
+        if not ref.endswith(".safetensors") or Path(ref).is_absolute():
+            return ref
+        if self.repo_id is not None:
+            return f"{self.repo_id}@{self.revision or 'main'}:{ref}"
+        return str(self.path.parent / ref)
 
 
 _REPO_RE = re.compile(r"^(?P<repo>[\w.\-]+/[\w.\-]+)(?:@(?P<rev>[^:@\s]+))?(?::(?P<file>\S+))?$")
@@ -467,7 +357,7 @@ def hub_offline() -> bool:
     return _env_true("HF_HUB_OFFLINE") or bool(hf_constants.HF_HUB_OFFLINE)
 
 
-def _download(repo_id: str, filename: str, revision: str | None, label: str) -> Path:
+def _download(repo_id: str, filename: str, revision: str | None, label: str, *, hint: str = "") -> Path:
     cache = hub_cache_dir()
     offline = hub_offline()
     try:
@@ -486,7 +376,7 @@ def _download(repo_id: str, filename: str, revision: str | None, label: str) -> 
             f"To use it without network access, download it where the Hub is reachable with "
             f"`hf download {repo_id} {filename}{rev_flag}` (older clients: `huggingface-cli download ...`) "
             f"and copy the Hugging Face cache to {cache} (or point HF_HUB_CACHE / HF_HOME at it), "
-            f"or pass the downloaded file's path instead of {label!r}"
+            f"or pass the downloaded file's path instead of {label!r}.{hint}"
         ) from e
 
 
@@ -506,7 +396,7 @@ def _folder_checkpoint(folder: Path, kind: str) -> Path:
     if len(files) == 1:
         return files[0]
     if not files:
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         hint = f"; it holds pickles {pickles}: convert them with gpstoken.hub.convert_checkpoint" if pickles else ""
         raise CheckpointNotFoundError(f"folder {folder} holds no .safetensors file{hint}")
     for preferred in (f"{kind}.safetensors", "model.safetensors"):
@@ -529,30 +419,104 @@ def _read_config_json(path: Path) -> dict[str, Any] | None:
     return config
 
 
-def _config_for(path: Path, kind: str, spec: PretrainedSpec | None, config_json: dict[str, Any] | None) -> dict[str, Any] | None:
+def _config_for(path: Path, kind: str, spec: PretrainedSpec | None, config_json: dict[str, Any] | None,
+                arch: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(config, arch): an explicit ``arch`` first, then the file's metadata, a config.json, the
+    registry entry's architecture, and for tokenizers the architecture its shapes and name say."""
+    if arch is not None:
+        return _arch_config(arch, kind), arch
     config = checkpoint_config(read_metadata(path), kind)
     if config is not None:
-        return config
+        return config, None
     if config_json is not None:
-        return config_json
-    return spec.arch_config() if spec is not None else None
+        return config_json, None
+    if spec is not None and spec.arch is not None:
+        if kind == "generator":
+            return spec.generator_config().to_dict(), spec.arch
+        return spec.arch_config(), spec.arch
+    if kind == "tokenizer":
+        arch = infer_tokenizer_arch(path)
+        return _arch_config(arch, kind), arch
+    return None, None
+
+
+def _arch_config(arch: str, kind: str) -> dict[str, Any]:
+    archs = TOKENIZER_ARCHS if kind == "tokenizer" else SIT_ARCHS
+    if not isinstance(arch, str) or arch not in archs:
+        raise ValueError(f"arch: unknown {kind} architecture {arch!r}; choose one of {sorted(archs)}")
+    if kind == "generator":
+        spec = spec_of_arch(arch, kind)
+        if spec is None:
+            raise ValueError(f"arch: no registered generator uses {arch!r}; its normalisation is unknown")
+        return spec.generator_config().to_dict()
+    return archs[arch].to_dict()
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_shapes(config: TokenizerConfig) -> dict[str, tuple[int, ...]]:
+    from .models.tokenizer import GPSTokenizer
+
+    with torch.device("meta"):
+        model = GPSTokenizer(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    read_metadata(path)  # clear errors for missing / pickled / corrupt files
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def infer_tokenizer_arch(path: str | os.PathLike) -> str:
+    """The tokenizer architecture of a safetensors file without a config.
+
+    The architectures of ``TOKENIZER_ARCHS`` whose weights all appear in the file with the same
+    shapes are candidates (extra keys in the file are allowed). Architectures with identical
+    weights (S64 and M128 differ only in their token count) are told apart by the file name
+    (``gpstoken_m128.safetensors`` contains ``m128``). ValueError listing the choices when it
+    cannot be told.
+    """
+    path = Path(path)
+    shapes = _file_shapes(path)
+    fits = [a for a in TOKENIZER_ARCHS if all(shapes.get(k) == v for k, v in _arch_shapes(TOKENIZER_ARCHS[a]).items())]
+    stem = path.name.lower().replace("_", "-")
+    if len(fits) > 1:
+        named = [a for a in fits if a in stem or a.removeprefix("gpstoken-") in stem.split(".")[0].split("-")]
+        fits = named if len(named) == 1 else fits
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise CheckpointFormatError(
+            f"{path}: not a GPSToken tokenizer of a known architecture (its weights match none of "
+            f"{sorted(TOKENIZER_ARCHS)}) and it carries no config; pass the file written by "
+            "Tokenizer.save_pretrained, or a config.json next to it"
+        )
+    raise ValueError(
+        f"{path.name}: the weights fit several architectures {fits} (they differ only in tokens per "
+        f"patch) and the file name does not say which; pass arch=, e.g. load_tokenizer({str(path)!r}, "
+        f"arch={fits[-1]!r}), or rename the file as published (gpstoken_m128.safetensors)"
+    )
 
 
 def _looks_local(text: str) -> bool:
     return (
         text.startswith((".", "/", "~", "\\"))
-        or (":" not in text and text.lower().endswith((".safetensors", *_PICKLE_SUFFIXES)))
+        or (":" not in text and text.lower().endswith((".safetensors", *PICKLE_SUFFIXES)))
         or os.path.exists(os.path.expanduser(text))
     )
 
 
-def resolve(name_or_path: str | os.PathLike, kind: str = "tokenizer") -> ResolvedCheckpoint:
+def resolve(name_or_path: str | os.PathLike, kind: str = "tokenizer", *, arch: str | None = None) -> ResolvedCheckpoint:
     """Find a checkpoint of ``kind`` ("tokenizer" or "generator") on disk, downloading if needed.
 
     Accepts ``"default"``, a registry name, ``"owner/repo[@revision][:filename]"``, a local
-    ``.safetensors`` file or a folder. Raises CheckpointNotFoundError when the file cannot be
-    had (naming repo, file, revision and how to place it), CheckpointFormatError for files of
-    the wrong format or kind, ValueError for names that mean nothing.
+    ``.safetensors`` file or a folder. ``arch``: the architecture (``TOKENIZER_ARCHS`` name)
+    of a file that carries no config, when its shapes and name do not tell. Raises
+    CheckpointNotFoundError when the file cannot be had (naming repo, file, revision and how to
+    place it), CheckpointFormatError for files of the wrong format or kind, ValueError for
+    names that mean nothing.
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
@@ -562,20 +526,23 @@ def resolve(name_or_path: str | os.PathLike, kind: str = "tokenizer") -> Resolve
     # local file or folder
     if isinstance(name_or_path, os.PathLike) or _looks_local(text):
         path = Path(text).expanduser()
+        config_json = None
         if path.is_dir():
-            file = _folder_checkpoint(path, kind)
-            return ResolvedCheckpoint(file, None, _config_for(file, kind, None, _read_config_json(path / "config.json")))
-        if not path.exists():
+            config_json = _read_config_json(path / "config.json")
+            path = _folder_checkpoint(path, kind)
+        elif not path.exists():
             raise CheckpointNotFoundError(f"no such checkpoint file or folder: {path}")
-        return ResolvedCheckpoint(path, None, _config_for(path, kind, None, None))
+        config, found = _config_for(path, kind, None, config_json, arch)
+        return ResolvedCheckpoint(path, None, config, str(path.resolve()), arch=found)
     # registry name
     if text == "default" or text in _REGISTRY:
         spec = get_spec(text, kind)
         if spec.embedded:
             path = _embedded_path(spec)
         else:
-            path = _download(spec.repo_id, spec.filename, spec.revision, spec.name)
-        return ResolvedCheckpoint(path, spec, _config_for(path, kind, spec, None))
+            path = _download(spec.repo_id, spec.filename, spec.revision, spec.name, hint=_release_hint(spec))
+        config, found = _config_for(path, kind, spec, None, arch)
+        return ResolvedCheckpoint(path, spec, config, spec.name, spec.repo_id, spec.revision, found)
     # Hub id
     try:
         repo_id, revision, filename = parse_hub_id(text)
@@ -594,11 +561,113 @@ def resolve(name_or_path: str | os.PathLike, kind: str = "tokenizer") -> Resolve
             )
         filename = candidates[0].filename if candidates else "model.safetensors"
     spec = next((s for s in candidates if s.filename == filename), None)
-    path = _download(repo_id, filename, revision, text)
+    path = _download(repo_id, filename, revision, text, hint=_release_hint(spec) if spec else "")
     config_json = None
     if spec is None:
         try:
             config_json = _read_config_json(_download(repo_id, "config.json", revision, text))
         except CheckpointNotFoundError:
             config_json = None  # the config may come from the checkpoint metadata instead
-    return ResolvedCheckpoint(path, spec, _config_for(path, kind, spec, config_json))
+    config, found = _config_for(path, kind, spec, config_json, arch)
+    source = f"{repo_id}{'@' + revision if revision else ''}:{filename}"
+    return ResolvedCheckpoint(path, spec, config, source, repo_id, revision, found)
+
+
+def _release_hint(spec: PretrainedSpec) -> str:
+    """How to get an official file that the Hub does not have."""
+    if spec.download_page is None:
+        return ""
+    if spec.kind == "generator":
+        return (
+            f" The official README ({spec.download_page}) publishes {spec.filename} and {spec.layout_bank} outside "
+            f"the Hub: download them, with the tokenizer file of {spec.tokenizer}, into one folder and pass that "
+            f"folder: gpstoken.load_generator('path/to/folder') (or generate(..., model='path/to/folder'))."
+        )
+    return (
+        f" The official README ({spec.download_page}) publishes {spec.filename} outside the Hub: download it and "
+        f"pass its path: gpstoken.load_tokenizer('path/to/{spec.filename}')."
+    )
+
+
+# ---------------------------------------------------------------------- portable ids
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes (cached while its size and mtime stay the same)."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def portable_id(model: Any) -> tuple[str, str]:
+    """``(id, sha256)`` of a loaded :class:`~gpstoken.Tokenizer` / :class:`~gpstoken.Generator`.
+
+    id: the registry name, or ``owner/repo[@revision]:file`` for Hub files (both work on any
+    machine), or the absolute path of a local file; sha256: the weights file's content hash, to
+    check that another machine resolves the id to the same weights.
+    """
+    resolved = getattr(model, "resolved", None)
+    if not isinstance(resolved, ResolvedCheckpoint):
+        raise TypeError(f"model: expected a Tokenizer or Generator loaded by gpstoken, got {type(model).__name__}")
+    return resolved.source, file_digest(resolved.path)
+
+
+# ---------------------------------------------------------------------- save_pretrained / push_to_hub
+def model_card(kind: str, name: str, about: str) -> str:
+    """A short README.md model card for a folder written by ``save_pretrained``."""
+    loader = "load_tokenizer" if kind == "tokenizer" else "load_generator"
+    return (
+        f"---\nlibrary_name: gpstoken\ntags:\n- gpstoken\n- image-tokenizer\n---\n\n"
+        f"# GPSToken {kind} (from `{name}`)\n\n{about}.\n\n"
+        f"Written by gpstoken's `save_pretrained`: `model.safetensors` holds the weights (official key names) "
+        f"and the config in its metadata; `config.json` repeats the config.\n\n"
+        f"```python\nimport gpstoken\nmodel = gpstoken.{loader}(\"owner/repo\")  # or the local folder\n```\n\n"
+        f"GPSToken: Gaussian Parameterized Spatially-adaptive Tokenization (Zhang et al., 2025, "
+        f"arXiv:2509.01109); official code: https://github.com/xtudbxk/GPSToken\n"
+    )
+
+
+def save_folder(folder: str | os.PathLike, state: Mapping[str, torch.Tensor], config: Mapping[str, Any], kind: str,
+                extra_metadata: Mapping[str, Any], card: str) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` + ``README.md`` into ``folder`` (created);
+    each file is written atomically. Returns the folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"folder: {folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(state, folder / "model.safetensors", config, kind, extra_metadata)
+    _write_text(folder / "config.json", json.dumps(dict(config), indent=2) + "\n")
+    _write_text(folder / "README.md", card)
+    return folder
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def push_folder(save: Any, repo_id: str, *, private: bool | None, token: str | None, commit_message: str) -> str:
+    """Save with ``save(folder)`` into a temporary folder and upload it to ``repo_id`` (created
+    when missing) with ``huggingface_hub.HfApi``; returns the commit URL."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
+        raise ValueError(f"repo_id: expected 'owner/name', got {repo_id!r}")
+    if hub_offline():
+        raise RuntimeError(f"push_to_hub({repo_id!r}): HF_HUB_OFFLINE is set; unset it to upload "
+                           "(or save_pretrained(folder) and upload the folder later)")
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="gpstoken-push-") as tmp:
+        save(tmp)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))

@@ -7,8 +7,13 @@ from training images of the class (``initg.pickle``). Here a bank is a mapping
 one safetensors file with keys ``class_<id>`` and metadata ``format`` / ``format_version`` /
 ``n_tokens``.
 
-:func:`convert_initg_pickle` converts the official pickle once; it refuses to unpickle
-unless ``trust=True`` and even then only lets numpy arrays be rebuilt.
+:func:`load_layout_bank` reads either kind of file. The official ``initg.pickle``
+(``dict class id -> list of [N, >=5] arrays``) is read with a restricted unpickler that can
+only rebuild numeric numpy arrays, lists, dicts and ints (anything else is refused, so no
+code in the file can run), and the result is cached as a safetensors bank in the Hugging
+Face cache (``<HF_HUB_CACHE>/gpstoken/layout-banks/<sha256 of the pickle>.safetensors``), so
+later loads skip the pickle. :func:`convert_initg_pickle` writes that bank to a path of your
+choice.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import io
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,12 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from .checkpoint import atomic_save
 from .geometry import GEOMETRY
 
-__all__ = ["LayoutBank", "LayoutBankError", "convert_initg_pickle", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["LayoutBank", "LayoutBankError", "convert_initg_pickle", "load_layout_bank", "read_initg_pickle",
+           "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "gpstoken-layout-bank"
 FORMAT_VERSION = "1"
@@ -93,16 +100,19 @@ class LayoutBank:
         return f"LayoutBank({len(self)} classes, {total} layouts, n_tokens={self.n_tokens})"
 
     def sample(self, class_id: int, n: int = 1, *, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` layouts of ``class_id`` drawn uniformly with replacement, ``[n, N, 5]`` float32 (CPU).
+        """``n`` layouts of ``class_id``, ``[n, N, 5]`` float32 (CPU), drawn without replacement
+        (a random permutation of the class's M layouts, repeated when ``n > M``), as the official
+        sampler uses each stored layout once.
 
         The draw uses ``generator`` (on any device) so a seeded generator reproduces it.
         """
-        if not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         layouts = self[class_id]
         device = generator.device if generator is not None else "cpu"
-        idx = torch.randint(layouts.shape[0], (n,), generator=generator, device=device).cpu()
-        return layouts[idx]
+        m = layouts.shape[0]
+        idx = torch.cat([torch.randperm(m, generator=generator, device=device) for _ in range(-(-n // m))])
+        return layouts[idx[:n].cpu()]
 
     def state_dict(self, prefix: str = "") -> dict[str, Tensor]:
         """Tensors keyed ``<prefix>class_<id>``."""
@@ -130,10 +140,7 @@ class LayoutBank:
         """Write one safetensors file (keys ``class_<id>``, format metadata); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(self.state_dict(), str(tmp), metadata=self.metadata())
-        os.replace(tmp, path)
-        return path
+        return atomic_save(self.state_dict(), path, self.metadata())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LayoutBank":
@@ -148,8 +155,8 @@ class LayoutBank:
             raise FileNotFoundError(f"layout bank not found: {path}")
         if _looks_pickled(path):
             raise LayoutBankError(
-                f"{path} is a pickle, not a safetensors layout bank; convert it once with "
-                f"gpstoken.layout_bank.convert_initg_pickle(path, out, trust=True) if you trust its source"
+                f"{path} is a pickle, not a safetensors layout bank; read it with "
+                f"gpstoken.layout_bank.load_layout_bank(path) (restricted unpickler, cached as safetensors)"
             )
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -230,8 +237,47 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _load_restricted(data: bytes) -> Any:
-    return _NumpyOnlyUnpickler(io.BytesIO(data)).load()
+def _check_numeric(obj: Any, where: str = "initg") -> None:
+    """Refuse anything but dicts, lists/tuples, ints and numeric numpy arrays/scalars."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_numeric(k, f"{where} key")
+            _check_numeric(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_numeric(v, f"{where}[{i}]")
+    elif isinstance(obj, (np.ndarray, np.generic)):
+        if obj.dtype.kind not in "biuf":
+            raise LayoutBankError(f"{where}: a numpy array of dtype {obj.dtype}; a layout pickle may only hold numbers")
+    elif not isinstance(obj, int):
+        raise LayoutBankError(
+            f"{where}: a {type(obj).__name__} ({str(obj)[:40]!r}); a layout pickle may only hold dicts, lists, ints "
+            "and numeric numpy arrays"
+        )
+
+
+def read_initg_pickle(path: str | os.PathLike) -> LayoutBank:
+    """Read the official ``initg.pickle`` (``dict class id -> list of [N, >=5] arrays``; the
+    first 5 columns are kept, as float32) with the restricted unpickler.
+
+    Raises:
+        FileNotFoundError: no such file.
+        LayoutBankError: the pickle references anything but numpy array rebuilding, holds
+            anything but numbers, or is not a dict of per-class layout lists.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"layout pickle not found: {path}")
+    try:
+        obj = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
+    except pickle.UnpicklingError as exc:
+        raise LayoutBankError(f"{path}: {exc}") from exc
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise LayoutBankError(f"{path} is not a valid layout pickle: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise LayoutBankError(f"{path}: expected a dict class id -> list of layouts, got {type(obj).__name__}")
+    _check_numeric(obj, path.name)
+    return LayoutBank({_class_id(cid): torch.from_numpy(_class_layouts(cid, v)) for cid, v in obj.items()})
 
 
 def _class_layouts(cid: int, value: Any) -> np.ndarray:
@@ -255,36 +301,33 @@ def _class_layouts(cid: int, value: Any) -> np.ndarray:
     return np.stack([a[:, :GEOMETRY] for a in arrays]).astype(np.float32)
 
 
-def convert_initg_pickle(path: str | os.PathLike, out: str | os.PathLike, *, trust: bool = False) -> LayoutBank:
-    """Convert the official ``initg.pickle`` (``dict class id -> list of [N, >=5] arrays``) to a
-    safetensors layout bank at ``out`` (first 5 columns kept, float32).
-
-    Unpickling can execute arbitrary code embedded in the file, so this refuses to run unless
-    ``trust=True`` (you vouch for the file's origin). Even then a restricted unpickler is used
-    that can only rebuild numpy arrays, dicts and lists; a pickle referencing anything else
-    is rejected.
-
-    Returns:
-        The converted :class:`LayoutBank` (also written to ``out``).
-    """
-    path = Path(path)
-    if not trust:
-        raise LayoutBankError(
-            f"refusing to unpickle {path}: loading a pickle can run arbitrary code hidden in the file. "
-            "If it comes from a source you trust (e.g. the official GPSToken release), call "
-            "convert_initg_pickle(path, out, trust=True); the conversion then uses a restricted "
-            "unpickler that only rebuilds numpy arrays, and writes a safe safetensors file."
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"layout pickle not found: {path}")
-    try:
-        obj = _load_restricted(path.read_bytes())
-    except pickle.UnpicklingError as exc:
-        raise LayoutBankError(f"{path}: {exc}") from exc
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise LayoutBankError(f"{path} is not a valid layout pickle: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise LayoutBankError(f"{path}: expected a dict class id -> list of layouts, got {type(obj).__name__}")
-    bank = LayoutBank({_class_id(cid): torch.from_numpy(_class_layouts(cid, v)) for cid, v in obj.items()})
+def convert_initg_pickle(path: str | os.PathLike, out: str | os.PathLike) -> LayoutBank:
+    """Read the official ``initg.pickle`` (:func:`read_initg_pickle`) and write it as a
+    safetensors layout bank at ``out``; returns the bank."""
+    bank = read_initg_pickle(path)
     bank.save(out)
+    return bank
+
+
+def load_layout_bank(path: str | os.PathLike) -> LayoutBank:
+    """A layout bank from a safetensors bank file or the official ``initg.pickle``.
+
+    A pickle is read once with :func:`read_initg_pickle` and cached as a safetensors bank in
+    the Hugging Face cache, keyed by the pickle's sha256 (a changed pickle is read again).
+    """
+    from .hub import file_digest, hub_cache_dir
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"layout_bank: file not found: {path}")
+    if not _looks_pickled(path):
+        return LayoutBank.load(path)
+    cache = hub_cache_dir() / "gpstoken" / "layout-banks" / f"{file_digest(path)}.safetensors"
+    if cache.is_file():
+        return LayoutBank.load(cache)
+    bank = read_initg_pickle(path)
+    try:
+        bank.save(cache)
+    except OSError as exc:  # a read-only cache only costs the next load another unpickling
+        warnings.warn(f"layout_bank: could not cache {path.name} as {cache} ({exc})", stacklevel=2)
     return bank

@@ -1,33 +1,36 @@
-"""User-facing model objects: :class:`Tokenizer` (encode/decode) and :class:`Generator`
-(two-stage generation: layout -> calibration -> texture -> decode).
+"""User-facing model objects: :class:`Tokenizer` (encode/decode/reconstruct) and :class:`Generator`
+(two-stage generation: layout -> texture -> decode), their loaders, and save/push.
 
 Models are loaded with :func:`load_tokenizer` / :func:`load_generator` from a registry name,
-a Hub repo id or a local safetensors file (see :mod:`gpstoken.hub`).
+a Hub repo id, or a local safetensors file or folder (see :mod:`gpstoken.hub`); the file
+formats are :mod:`gpstoken.checkpoint`'s. The module functions of :mod:`gpstoken.api` are thin
+wrappers over these objects.
 """
 from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
-from . import hub
+from . import checkpoint, hub
+from . import images as _images
+from .checkpoint import GeneratorConfig
 from .geometry import GEOMETRY, PATCH, REGION, regions_from_geometry, split_patches
 from .images import pad_to_patches, to_pil
 from .layout import Layout, calibrate
-from .layout_bank import LayoutBank
+from .layout_bank import LayoutBank, load_layout_bank
 from .models.configs import SiTConfig, TokenizerConfig
 from .models.sit import SiT
 from .models.tokenizer import GPSTokenizer
 from .partition import partition
-from .sampling import cfg_velocity, sample
+from .sampling import SAMPLERS, cfg_velocity, check_sampling, sample
 from .tokens import GPSTokens
 
-#: user-facing sampler names -> gpstoken.sampling methods
-SAMPLERS = {"sde": "sde", "ode": "heun", "euler": "euler", "heun": "heun", "dopri5": "dopri5"}
+ImageLike = Any
 SIGMA_RANGE = (1e-5, 1 - 1e-5)
 RHO_LIMIT = 0.99999
 
@@ -55,13 +58,14 @@ def _dtype(dtype: Optional[str | torch.dtype], device: torch.device) -> torch.dt
 class Tokenizer:
     """A loaded GPSToken tokenizer.
 
-    ``encode`` turns images into :class:`GPSTokens`; ``decode`` turns tokens back into images
-    ``float32 [B,3,H,W]`` in ``[-1,1]``. Images of any size ``>= 32`` are padded to multiples
-    of 256 internally and cropped back.
+    ``encode`` turns images into :class:`GPSTokens`, ``decode`` turns them back into images
+    of the encoded size, ``reconstruct`` does both (diffusers' ``vae.encode``/``vae.decode``
+    pattern). Images of any size ``>= 32`` are padded to multiples of 256 internally and
+    cropped back. ``resolved``: where the weights came from (None when built in memory).
     """
 
     def __init__(self, model: GPSTokenizer, name: str, device: torch.device, dtype: torch.dtype,
-                 *, decode_per_patch: bool = False):
+                 *, decode_per_patch: bool = False, resolved: Optional[hub.ResolvedCheckpoint] = None):
         self.model = model.eval().to(device)
         self.name = name
         self.device = device
@@ -69,6 +73,7 @@ class Tokenizer:
         #: decode multi-patch images patch by patch and stitch (the official L256 path) instead
         #: of one merged map with the patch-aware decoder (S64/M128)
         self.decode_per_patch = decode_per_patch
+        self.resolved = resolved
 
     @property
     def config(self) -> TokenizerConfig:
@@ -82,6 +87,39 @@ class Tokenizer:
     def _autocast(self):
         return torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32)
 
+    # ------------------------------------------------------------------ image-level API
+    def encode(self, image: ImageLike, n_tokens: Optional[int] = None, *, layout: Optional[Layout] = None) -> GPSTokens:
+        """Encode images into GPS tokens.
+
+        image: a PIL image, numpy array (HxWx3 uint8 or float in [0,1]), torch tensor
+        ([3,H,W] or [B,3,H,W] float in [-1,1]) or a list of these; H, W >= 32. n_tokens: tokens
+        per 256x256 patch (default: what the model was trained with); layout: a :class:`Layout`
+        from :func:`gpstoken.partition` / :func:`gpstoken.edit_layout` for these images.
+        Returns :class:`GPSTokens` with geometry [B, k*m*n_tokens, 5] and features [B, ..., C].
+        """
+        x, kind = _images.to_tensor(image)
+        if layout is None:
+            layout = partition(x, n_tokens if n_tokens is not None else self.config.gps_num)
+        elif not isinstance(layout, Layout):
+            raise TypeError(f"layout: expected a gpstoken.Layout, got {type(layout).__name__}")
+        elif n_tokens is not None and n_tokens != layout.n_tokens:
+            raise ValueError(f"n_tokens: {n_tokens} disagrees with the layout's {layout.n_tokens} tokens per patch")
+        return self.encode_tensor(x, layout).with_source(kind)
+
+    def decode(self, tokens: GPSTokens) -> ImageLike:
+        """Decode :class:`GPSTokens` into images of the encoded size, in the kind that was
+        encoded (PIL for tokens loaded from a file)."""
+        if not isinstance(tokens, GPSTokens):
+            raise TypeError(f"tokens: expected gpstoken.GPSTokens (from encode or GPSTokens.load), "
+                            f"got {type(tokens).__name__}")
+        return _images.from_tensor(self.decode_tensor(tokens), tokens.output_kind)
+
+    def reconstruct(self, image: ImageLike, n_tokens: Optional[int] = None, *,
+                    layout: Optional[Layout] = None) -> ImageLike:
+        """``decode(encode(image, n_tokens, layout=layout))``: same kind and size as the input."""
+        return self.decode(self.encode(image, n_tokens, layout=layout))
+
+    # ------------------------------------------------------------------ tensor-level API
     def encode_tensor(self, images: torch.Tensor, layout: Layout) -> GPSTokens:
         """images: float [B,3,H,W] in [-1,1]; layout: a :class:`Layout` for those images."""
         b, _, h, w = images.shape
@@ -117,6 +155,28 @@ class Tokenizer:
         h, w = tokens.image_size
         return images[..., :h, :w].clamp(-1, 1)
 
+    # ------------------------------------------------------------------ save / push
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``model.safetensors`` (weights + config metadata), ``config.json`` and a
+        ``README.md`` model card into ``folder`` (created); :func:`load_tokenizer` reads it back
+        from the folder or, once pushed, from ``"owner/repo"``. Returns the folder."""
+        state = {k: v.detach().float() for k, v in self.model.state_dict().items()}
+        extra = {"decode_per_patch": "true"} if self.decode_per_patch else {}
+        return hub.save_folder(folder, state, self.config.to_dict(), "tokenizer", extra,
+                               hub.model_card("tokenizer", self.name, _describe_tokenizer(self.config)))
+
+    def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
+                    commit_message: Optional[str] = None) -> str:
+        """Upload :meth:`save_pretrained`'s files to the Hub repo ``repo_id`` (created when
+        missing) with ``huggingface_hub``; returns the commit URL."""
+        return hub.push_folder(self.save_pretrained, repo_id, private=private, token=token,
+                               commit_message=commit_message or f"Upload GPSToken tokenizer {self.name}")
+
+
+def _describe_tokenizer(c: TokenizerConfig) -> str:
+    return (f"GPSToken tokenizer: {c.gps_num} tokens per 256x256 patch, {c.gps_c} feature channels, "
+            f"{c.gpsenc_n}-layer encoder of width {c.gpsenc_c}")
+
 
 @dataclass
 class GenerationResult:
@@ -129,25 +189,33 @@ class GenerationResult:
 class Generator:
     """Two-stage class-conditional generator: layout (g_init) first, then texture.
 
-    texture: SiT over ``[B, 5+C, N, 1]`` conditioned on the layout; layout_model: SiT over
-    ``[B, 5, N, 1]`` (optional); layout_bank: per-class bank of real layouts (optional);
-    latent_mean/latent_std: float [5+C] normalisation stats of the texture model's targets.
+    texture: SiT over ``[B, 5+C, N, 1]`` conditioned on the layout; config: its
+    :class:`~gpstoken.checkpoint.GeneratorConfig` (normalisation, class names, sampling
+    defaults, optional layout SiT config); layout_model: SiT over ``[B, 5, N, 1]`` (optional);
+    layout_bank: per-class bank of real layouts (optional, e.g. the official ``initg.pickle``).
     """
 
-    def __init__(self, texture: SiT, tokenizer: Tokenizer, latent_mean: torch.Tensor, latent_std: torch.Tensor,
-                 *, name: str, layout_model: Optional[SiT] = None, layout_bank: Optional[LayoutBank] = None,
-                 layout_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-                 class_names: Optional[Sequence[str]] = None):
+    def __init__(self, texture: SiT, tokenizer: Tokenizer, config: GeneratorConfig, *, name: str,
+                 layout_model: Optional[SiT] = None, layout_bank: Optional[LayoutBank] = None,
+                 resolved: Optional[hub.ResolvedCheckpoint] = None):
+        if tokenizer.config.gps_c + GEOMETRY != texture.config.in_channels:
+            raise ValueError(
+                f"tokenizer: {tokenizer.name!r} makes {tokenizer.config.gps_c + GEOMETRY}-channel tokens but "
+                f"generator {name!r} makes {texture.config.in_channels}; pass the tokenizer it was trained with"
+            )
+        if layout_bank is not None and layout_bank.n_tokens != texture.config.input_size[0]:
+            raise ValueError(f"layout_bank: holds layouts of {layout_bank.n_tokens} tokens, generator {name!r} "
+                             f"makes {texture.config.input_size[0]}")
         self.texture = texture.eval().to(tokenizer.device)
         self.tokenizer = tokenizer
         self.device = tokenizer.device
-        self.latent_mean = latent_mean.float().to(self.device)
-        self.latent_std = latent_std.float().to(self.device)
+        self.config = config
+        self.latent_mean = torch.tensor(config.latent_mean, device=self.device)
+        self.latent_std = torch.tensor(config.latent_std, device=self.device)
         self.layout_model = layout_model.eval().to(self.device) if layout_model is not None else None
         self.layout_bank = layout_bank
-        self.layout_stats = layout_stats
         self.name = name
-        self.class_names = list(class_names) if class_names else None
+        self.resolved = resolved
 
     @property
     def n_tokens(self) -> int:
@@ -157,26 +225,58 @@ class Generator:
     def num_classes(self) -> int:
         return self.texture.config.num_classes
 
+    @property
+    def class_names(self) -> Optional[list[str]]:
+        return list(self.config.class_names) if self.config.class_names else None
+
+    @property
+    def sampling(self):
+        """The :class:`~gpstoken.sampling.SamplingDefaults` ``generate`` uses."""
+        return self.config.sampling
+
     def __repr__(self) -> str:
         src = "model" if self.layout_model is not None else "bank" if self.layout_bank is not None else "user"
         return (f"Generator({self.name!r}, classes={self.num_classes}, tokens={self.n_tokens}, "
                 f"layout source={src}, tokenizer={self.tokenizer.name!r})")
 
-    def _check_class(self, class_id: int) -> int:
-        if not isinstance(class_id, int) or isinstance(class_id, bool):
-            if self.class_names and isinstance(class_id, str) and class_id in self.class_names:
-                return self.class_names.index(class_id)
-            raise TypeError(f"class_id: expected an int in [0, {self.num_classes}), got {class_id!r}")
+    def _classes_hint(self) -> str:
+        names = self.class_names
+        listing = (", ".join(f"{i} {n}" for i, n in enumerate(names)) if names and len(names) <= 32
+                   else f"0-{self.num_classes - 1}")
+        hint = f"generator {self.name!r} has {self.num_classes} classes ({listing})"
+        if self.num_classes != 1000:
+            hint += ('; the 1000 ImageNet classes (e.g. 207 or "golden retriever") need the official generator: '
+                     'model="gpstoken-sit-xl"')
+        return hint
+
+    def class_index(self, class_id: int | str) -> int:
+        """The class index of ``class_id``: an int in ``[0, num_classes)`` or a class name
+        (case-insensitive). ValueError/TypeError naming the classes otherwise."""
+        if isinstance(class_id, str):
+            names = [n.lower() for n in self.class_names or []]
+            hits = [i for i, n in enumerate(names) if n == class_id.strip().lower()]
+            if len(hits) == 1:
+                return hits[0]
+            if hits:
+                raise ValueError(f"class_id: {class_id!r} names several classes {hits}; pass the index")
+            raise ValueError(f"class_id: {class_id!r} is not a class name of this generator; {self._classes_hint()}")
+        if isinstance(class_id, bool) or not isinstance(class_id, int):
+            raise TypeError(f"class_id: expected an int or a class name, got {class_id!r}")
         if not 0 <= class_id < self.num_classes:
-            raise ValueError(f"class_id: must be in [0, {self.num_classes}), got {class_id}")
+            raise ValueError(f"class_id: {class_id} is out of range; {self._classes_hint()}")
         return class_id
 
-    def sample_layout(self, class_id: int, n: int, *, generator: torch.Generator, steps: int = 50,
+    def sample_layout(self, class_id: int | str, n: int, *, generator: torch.Generator, steps: int = 50,
                       progress: bool = False) -> Layout:
-        """Stage 1: n layouts for a class, from the layout model (calibrated) or the bank."""
-        class_id = self._check_class(class_id)
+        """Stage 1: n layouts for a class, from the layout model (calibrated) or the bank.
+
+        Bank layouts are real partitions of training images, used as they are, drawn without
+        replacement like the official sampler (which pops each stored layout once).
+        """
+        class_id = self.class_index(class_id)
         if self.layout_model is not None:
-            mean, std = (s.to(self.device) for s in self.layout_stats)
+            mean = torch.tensor(self.config.layout_mean, device=self.device)
+            std = torch.tensor(self.config.layout_std, device=self.device)
             noise = torch.randn(n, GEOMETRY, self.n_tokens, 1, generator=generator, device=self.device)
             y = torch.full((n,), class_id, device=self.device, dtype=torch.long)
             with torch.inference_mode():
@@ -185,19 +285,35 @@ class Generator:
             g = g[..., 0].transpose(1, 2) * std + mean  # [n, N, 5]
             return calibrate(_layout_from_geometry(_clamp_geometry(g)))
         if self.layout_bank is not None:
-            g = self.layout_bank.sample(class_id, n, generator=generator)
-            return calibrate(_layout_from_geometry(g.to(self.device).float()))
-        raise ValueError(f"generator {self.name!r} has no layout model or bank: pass layout= (see gpstoken.edit_layout)")
+            if class_id not in self.layout_bank:
+                raise ValueError(f"class_id: class {class_id} has no layouts in the layout bank; pass layout=")
+            return _layout_from_geometry(self.layout_bank.sample(class_id, n, generator=generator).to(self.device))
+        raise ValueError(
+            f"generator {self.name!r} has no layout model or bank: pass layout= (see gpstoken.edit_layout), or "
+            f"load it with its layout bank: load_generator(..., layout_bank='path/to/initg.pickle')"
+        )
 
-    def generate(self, class_id: int, *, n: int = 1, seed: Optional[int] = None, layout: Optional[Layout] = None,
-                 cfg_scale: float = 1.5, steps: int = 50, sampler: str = "sde", guidance_interval=(0.0, 1.0),
+    def generate(self, class_id: int | str, *, n: int = 1, seed: Optional[int] = None,
+                 layout: Optional[Layout] = None, cfg_scale: Optional[float] = None, steps: Optional[int] = None,
+                 sampler: Optional[str] = None, guidance_interval: Optional[tuple[float, float]] = None,
                  progress: bool = True) -> GenerationResult:
-        """Generate ``n`` images of class ``class_id``: layout -> calibration -> texture -> decode."""
-        class_id = self._check_class(class_id)
-        if not isinstance(n, int) or n < 1:
+        """Generate ``n`` 256x256 images of class ``class_id`` (index or class name):
+        layout -> texture -> decode.
+
+        layout: a user layout (from :func:`gpstoken.edit_layout` on a 256x256 image with this
+        generator's token count) replaces stage 1. cfg_scale (>= 1), steps, sampler (a key of
+        ``gpstoken.sampling.SAMPLERS``) and guidance_interval (``(low, high)`` flow times in
+        [0, 1]) default to :attr:`sampling` (the official generator: 1.5, 250, "sde", (0.2, 1)).
+        """
+        class_id = self.class_index(class_id)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n: must be a positive int, got {n!r}")
-        if cfg_scale < 1.0:
-            raise ValueError(f"cfg_scale: must be >= 1 (1 disables guidance), got {cfg_scale}")
+        d = self.sampling
+        cfg_scale = d.cfg_scale if cfg_scale is None else cfg_scale
+        steps = d.steps if steps is None else steps
+        sampler = d.sampler if sampler is None else sampler
+        guidance_interval = d.guidance_interval if guidance_interval is None else guidance_interval
+        check_sampling(steps, sampler, cfg_scale, guidance_interval)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
         if layout is None:
@@ -216,18 +332,51 @@ class Generator:
             velocity = cfg_velocity(
                 functools.partial(_texture_velocity, self.texture, y=torch.cat([y, null]),
                                   cond=torch.cat([g_init, g_init])),
-                cfg_scale, interval=guidance_interval)
-        method = SAMPLERS.get(sampler)
-        if method is None:
-            raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
+                float(cfg_scale), interval=tuple(float(v) for v in guidance_interval))
         with torch.inference_mode():
-            x = sample(velocity, noise, method=method, steps=steps, generator=gen, progress=progress)[:n]
-        tokens = x[..., 0].transpose(1, 2) * self.latent_std + self.latent_mean  # [n, N, 5+C]
-        geometry = _clamp_geometry(tokens[..., :GEOMETRY] + g_init)
-        gps = GPSTokens(geometry, tokens[..., GEOMETRY:].contiguous(), (PATCH, PATCH), layout,
-                        self.tokenizer.name)
+            x = sample(velocity, noise, method=SAMPLERS[sampler], steps=steps, generator=gen, progress=progress)[:n]
+        targets = x[..., 0].transpose(1, 2) * self.latent_std + self.latent_mean  # [n, N, 5+C]
+        tokens = checkpoint.tokens_from_targets(targets, g_init)
+        gps = GPSTokens(_clamp_geometry(tokens[..., :GEOMETRY]), tokens[..., GEOMETRY:].contiguous(),
+                        (PATCH, PATCH), layout, self.tokenizer.name)
         images = to_pil(self.tokenizer.decode_tensor(gps))
         return GenerationResult(images, gps)
+
+    # ------------------------------------------------------------------ save / push
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``model.safetensors`` (texture SiT under ``ema_model.``, layout SiT under
+        ``layout_model.``, layout bank under ``layout_bank.``), ``config.json`` and a ``README.md``
+        into ``folder``. A registered tokenizer is referred to by name; any other is saved
+        beside it as ``tokenizer.safetensors``. Returns the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tok = self.tokenizer
+        if tok.resolved is not None and tok.resolved.spec is not None:
+            tokenizer_ref = tok.resolved.spec.name
+        else:
+            tokenizer_ref = "tokenizer.safetensors"
+            state = {k: v.detach().float() for k, v in tok.model.state_dict().items()}
+            extra = {"decode_per_patch": "true"} if tok.decode_per_patch else {}
+            checkpoint.save_checkpoint(state, folder / tokenizer_ref, tok.config.to_dict(), "tokenizer", extra)
+        state = {checkpoint.TEXTURE_PREFIX + k: v.detach().float() for k, v in self.texture.state_dict().items()}
+        if self.layout_model is not None:
+            state.update({checkpoint.LAYOUT_PREFIX + k: v.detach().float()
+                          for k, v in self.layout_model.state_dict().items()})
+        if self.layout_bank is not None:
+            state.update(self.layout_bank.state_dict(prefix=checkpoint.BANK_PREFIX))
+        config = replace(self.config, tokenizer=tokenizer_ref)
+        t = self.texture.config
+        about = (f"GPSToken two-stage generator: SiT ({t.depth} blocks, width {t.hidden_size}) over {self.n_tokens} "
+                 f"tokens, {self.num_classes} classes, tokenizer {tokenizer_ref}")
+        return hub.save_folder(folder, state, config.to_dict(), "generator", {},
+                               hub.model_card("generator", self.name, about))
+
+    def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
+                    commit_message: Optional[str] = None) -> str:
+        """Upload :meth:`save_pretrained`'s files to the Hub repo ``repo_id`` (created when
+        missing); returns the commit URL. ``load_generator(repo_id)`` reads it back."""
+        return hub.push_folder(self.save_pretrained, repo_id, private=private, token=token,
+                               commit_message=commit_message or f"Upload GPSToken generator {self.name}")
 
 
 def _clamp_geometry(g: torch.Tensor) -> torch.Tensor:
@@ -267,82 +416,125 @@ def _expand_batch(layout: Layout, n: int, of: str) -> Layout:
                   layout.image_size, layout.grid)
 
 
-def _checkpoint(name_or_path: str, kind: str) -> tuple[dict, dict, "hub.ResolvedCheckpoint"]:
-    resolved = hub.resolve(name_or_path, kind)
-    state, _ = hub.load_safetensors(resolved.path)
-    if resolved.config is None:
-        raise hub.CheckpointFormatError(
-            f"{resolved.path}: no model config found (neither gpstoken metadata in the file nor a config.json "
-            f"beside it); save it with gpstoken.hub.save_checkpoint or put the config.json next to it"
-        )
-    return state, resolved.config, resolved
-
-
-def _model_id(name_or_path: str, resolved: "hub.ResolvedCheckpoint") -> str:
+def _model_id(name_or_path: str, resolved: hub.ResolvedCheckpoint) -> str:
     return resolved.spec.name if resolved.spec is not None else str(name_or_path)
 
 
 def _build(cls, config, state: dict, name: str):
     with torch.device("meta"):
         model = cls(config)
-    hub.check_state_dict(model.state_dict(), state, name=name)
+    state = checkpoint.fit_state_dict(model.state_dict(), state, name=name)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     return model
 
 
 @functools.lru_cache(maxsize=4)
-def _load_tokenizer_cached(name_or_path: str, device: torch.device, dtype: torch.dtype) -> Tokenizer:
-    state, config, resolved = _checkpoint(name_or_path, "tokenizer")
-    model = _build(GPSTokenizer, TokenizerConfig.from_dict(config), state, str(resolved.path))
-    per_patch = bool(resolved.spec.extra.get("decode_per_patch", False)) if resolved.spec else False
-    return Tokenizer(model, _model_id(name_or_path, resolved), device, dtype, decode_per_patch=per_patch)
+def _load_tokenizer_cached(name_or_path: str, arch: Optional[str], device: torch.device,
+                           dtype: torch.dtype) -> Tokenizer:
+    resolved = hub.resolve(name_or_path, "tokenizer", arch=arch)
+    state, meta = checkpoint.load_safetensors(resolved.path)
+    if resolved.config is None:  # a config.json that is not a tokenizer config, or none at all
+        raise checkpoint.CheckpointFormatError(f"{resolved.path}: no tokenizer config found")
+    try:
+        config = TokenizerConfig.from_dict(resolved.config)
+    except (TypeError, ValueError) as e:
+        raise checkpoint.CheckpointFormatError(f"{resolved.path}: not a tokenizer config ({e})") from e
+    model = _build(GPSTokenizer, config, state, str(resolved.path))
+    per_patch = meta.get("decode_per_patch") == "true" or any(
+        s.decode_per_patch for s in (resolved.spec, hub.spec_of_arch(resolved.arch, "tokenizer")) if s is not None)
+    return Tokenizer(model, _model_id(name_or_path, resolved), device, dtype, decode_per_patch=per_patch,
+                     resolved=resolved)
 
 
-def load_tokenizer(name_or_path: str = "default", *, device=None, dtype=None) -> Tokenizer:
-    """Load a tokenizer by registry name ("default", "gpstoken-m128", ...), Hub repo id
-    (``owner/repo[@revision][:filename]``) or local ``.safetensors`` file/folder. Cached.
+def load_tokenizer(name_or_path: str | Path = "default", *, arch: Optional[str] = None, device=None,
+                   dtype=None) -> Tokenizer:
+    """Load a tokenizer by registry name ("default", "gpstoken-m128", ...), Hub id
+    (``owner/repo[@revision][:filename]``) or local ``.safetensors`` file / folder. Cached.
 
-    device: default CUDA when available; dtype: float32 (default), or float16/bfloat16 on CUDA.
+    Files as the official release publishes them (no config, possibly extra keys) load too: L256
+    is recognised from its shapes, S64/M128 from the file name (``gpstoken_m128.safetensors``) or
+    ``arch=`` (a ``gpstoken.models.configs.TOKENIZER_ARCHS`` name). device: default CUDA when
+    available; dtype: float32 (default), or float16/bfloat16 on CUDA.
     """
     dev = _device(device)
-    return _load_tokenizer_cached(str(name_or_path), dev, _dtype(dtype, dev))
+    return _load_tokenizer_cached(str(name_or_path), arch, dev, _dtype(dtype, dev))
 
 
-def _sit(state: dict, prefix: str, config: dict, name: str) -> SiT:
-    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not sub:
-        raise hub.CheckpointFormatError(f"{name}: no weights with the key prefix {prefix!r}")
-    return _build(SiT, SiTConfig.from_dict(config), sub, f"{name} [{prefix}*]")
+def _sit(state: dict, prefix: str, config: SiTConfig, name: str) -> SiT:
+    return _build(SiT, config, checkpoint.sub_state_dict(state, prefix, name=name), f"{name} [{prefix}*]")
+
+
+def _generator_config(resolved: hub.ResolvedCheckpoint, state: dict, meta: dict) -> tuple[GeneratorConfig, bool]:
+    """(config, official): the file's own config, or the official generator's for a file as the
+    official release publishes it (``ema_model.*`` weights, no metadata)."""
+    if resolved.config is not None:
+        if "pretrained_gpstoken_means" in resolved.config:
+            return GeneratorConfig.from_official(resolved.config, hub.OFFICIAL_GENERATOR.generator_config()), True
+        return GeneratorConfig.from_dict(resolved.config), resolved.spec is not None and resolved.spec.arch is not None
+    if checkpoint.is_official_generator(state, meta):
+        return hub.OFFICIAL_GENERATOR.generator_config(), True
+    raise checkpoint.CheckpointFormatError(
+        f"{resolved.path}: not a generator checkpoint (no gpstoken config in it or in a config.json beside it, "
+        f"and no official {checkpoint.TEXTURE_PREFIX}* weights)"
+    )
+
+
+def _paired_tokenizer(config: GeneratorConfig, resolved: hub.ResolvedCheckpoint, official: bool,
+                      tokenizer: Optional[str | Tokenizer], device, dtype) -> Tokenizer:
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    ref = tokenizer if tokenizer is not None else resolved.reference(config.tokenizer)
+    if tokenizer is None and official and config.tokenizer in hub.list_pretrained("tokenizer"):
+        beside = resolved.sibling(hub.get_spec(config.tokenizer).filename)  # the official weights/ folder
+        ref = str(beside) if beside is not None and resolved.repo_id is None else ref
+    try:
+        return load_tokenizer(ref, device=device, dtype=dtype)
+    except checkpoint.CheckpointNotFoundError as e:
+        raise checkpoint.CheckpointNotFoundError(
+            f"generator {resolved.source}: its tokenizer {ref!r} cannot be found. Put the tokenizer file "
+            f"next to the generator file, or pass it: load_generator(..., tokenizer='path/to/tokenizer.safetensors'). "
+            f"({e})"
+        ) from e
+
+
+def _layout_bank(state: dict, resolved: hub.ResolvedCheckpoint, layout_bank: Optional[str | Path],
+                 official: bool) -> Optional[LayoutBank]:
+    if layout_bank is not None:
+        return load_layout_bank(layout_bank)
+    if any(k.startswith(checkpoint.BANK_PREFIX) for k in state):
+        return LayoutBank.from_state_dict(state, prefix=checkpoint.BANK_PREFIX)
+    if official:
+        path = resolved.sibling(hub.OFFICIAL_GENERATOR.layout_bank)
+        return load_layout_bank(path) if path is not None else None
+    return None
 
 
 @functools.lru_cache(maxsize=2)
-def _load_generator_cached(name_or_path: str, device: torch.device, dtype: torch.dtype) -> Generator:
-    """Generator checkpoints hold the texture SiT under ``ema_model.`` (official format) and
-    optionally a layout SiT under ``layout_model.`` and a layout bank under ``layout_bank.``.
-    Their config: ``{"texture": SiT config, "latent_mean": [5+C], "latent_std": [5+C],
-    "tokenizer": name, optional "layout", "layout_mean", "layout_std", "class_names"}``;
-    registry entries of official checkpoints give the SiT architecture plus these extras."""
-    state, config, resolved = _checkpoint(name_or_path, "generator")
-    if resolved.spec is not None and resolved.spec.arch is not None:
-        config = {"texture": config, **resolved.spec.extra}
+def _load_generator_cached(name_or_path: str, tokenizer: Optional[str | Tokenizer], layout_bank: Optional[str],
+                           device: torch.device, dtype: torch.dtype) -> Generator:
+    resolved = hub.resolve(name_or_path, "generator")
+    state, meta = checkpoint.load_safetensors(resolved.path)
+    config, official = _generator_config(resolved, state, meta)
     name = str(resolved.path)
-    texture = _sit(state, "ema_model.", config["texture"], name)
-    layout_model = layout_stats = None
-    if "layout" in config:
-        layout_model = _sit(state, "layout_model.", config["layout"], name)
-        layout_stats = (torch.tensor(config["layout_mean"]), torch.tensor(config["layout_std"]))
-    has_bank = any(k.startswith("layout_bank.") for k in state)
-    bank = LayoutBank.from_state_dict(state, prefix="layout_bank.") if has_bank else None
-    tokenizer_ref = config["tokenizer"]
-    if tokenizer_ref.endswith(".safetensors") and not Path(tokenizer_ref).is_absolute():
-        tokenizer_ref = str(resolved.path.parent / tokenizer_ref)
-    tokenizer = load_tokenizer(tokenizer_ref, device=device, dtype=dtype)
-    return Generator(texture, tokenizer, torch.tensor(config["latent_mean"]), torch.tensor(config["latent_std"]),
-                     name=_model_id(name_or_path, resolved), layout_model=layout_model, layout_bank=bank,
-                     layout_stats=layout_stats, class_names=config.get("class_names"))
+    texture = _sit(state, checkpoint.TEXTURE_PREFIX, config.texture, name)
+    layout_model = _sit(state, checkpoint.LAYOUT_PREFIX, config.layout, name) if config.layout is not None else None
+    bank = _layout_bank(state, resolved, layout_bank, official)
+    tok = _paired_tokenizer(config, resolved, official, tokenizer, device, dtype)
+    return Generator(texture, tok, config, name=_model_id(name_or_path, resolved), layout_model=layout_model,
+                     layout_bank=bank, resolved=resolved)
 
 
-def load_generator(name_or_path: str = "default", *, device=None, dtype=None) -> Generator:
-    """Load a two-stage generator (texture SiT + layout source + paired tokenizer). Cached."""
+def load_generator(name_or_path: str | Path = "default", *, tokenizer: Optional[str | Tokenizer] = None,
+                   layout_bank: Optional[str | Path] = None, device=None, dtype=None) -> Generator:
+    """Load a two-stage generator (texture SiT + layout source + paired tokenizer). Cached.
+
+    name_or_path: registry name, Hub id, a ``.safetensors`` file, or a folder. The official
+    generator loads as published: a folder holding ``generator.safetensors`` (and
+    ``initg.pickle``, ``gpstoken_m128.safetensors``, optionally a ``config.json``) needs no
+    config. tokenizer: overrides the paired tokenizer (name, path or a loaded Tokenizer);
+    layout_bank: a layout bank (the official ``initg.pickle`` or a safetensors bank) for stage 1.
+    """
     dev = _device(device)
-    return _load_generator_cached(str(name_or_path), dev, _dtype(dtype, dev))
+    bank = str(layout_bank) if layout_bank is not None else None
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) or tokenizer is None else str(tokenizer)
+    return _load_generator_cached(str(name_or_path), tok, bank, dev, _dtype(dtype, dev))

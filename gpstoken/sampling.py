@@ -21,15 +21,16 @@ Samplers do not change autograd mode; wrap calls in ``torch.no_grad()`` for infe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "VelocityFn", "cfg_velocity", "sample", "sample_dopri5", "sample_euler", "sample_heun", "sample_sde",
+    "SAMPLERS", "SamplingDefaults", "VelocityFn", "cfg_velocity", "check_sampling", "sample", "sample_dopri5", "sample_euler", "sample_heun", "sample_sde",
     "sbdm_diffusion", "score_from_velocity",
 ]
 
@@ -37,6 +38,57 @@ VelocityFn = Callable[[Tensor, Tensor], Tensor]
 """``(x [B, ...], t [B]) -> velocity [B, ...]``."""
 
 METHODS = ("sde", "euler", "heun", "dopri5")
+#: user-facing sampler names (``Generator.generate(sampler=...)``) -> :func:`sample` methods
+SAMPLERS = {"sde": "sde", "ode": "heun", "euler": "euler", "heun": "heun", "dopri5": "dopri5"}
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What ``Generator.generate`` uses when a sampling argument is not given.
+
+    steps: time-grid points (official ``num_sampling_steps``); sampler: a key of
+    :data:`SAMPLERS`; cfg_scale: classifier-free guidance scale (>= 1, 1 = off);
+    guidance_interval: ``(low, high)`` flow times in ``[0, 1]`` where guidance applies
+    (the official ``guidance_low/1000, guidance_high/1000``).
+    """
+
+    steps: int = 50
+    sampler: str = "sde"
+    cfg_scale: float = 1.5
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        check_sampling(self.steps, self.sampler, self.cfg_scale, self.guidance_interval)
+        object.__setattr__(self, "guidance_interval", tuple(float(v) for v in self.guidance_interval))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SamplingDefaults":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"sampling: unknown fields {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def check_sampling(steps: Any, sampler: Any, cfg_scale: Any, guidance_interval: Any) -> None:
+    """Raise ValueError/TypeError naming the argument unless the sampling settings are valid."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps: must be an int >= 2 (time-grid points), got {steps!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 1.0:
+        raise ValueError(f"cfg_scale: must be a number >= 1 (1 disables guidance), got {cfg_scale!r}")
+    try:
+        low, high = (float(v) for v in guidance_interval)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"guidance_interval: expected (low, high) flow times in [0, 1], got {guidance_interval!r}") from None
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(
+            f"guidance_interval: need 0 <= low <= high <= 1 (flow time; the official guidance_low=200 is 0.2), "
+            f"got {guidance_interval!r}")
 
 
 def _expand(t: Tensor, x: Tensor) -> Tensor:

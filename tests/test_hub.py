@@ -7,7 +7,7 @@ import torch
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 
-from gpstoken import hub
+from gpstoken import checkpoint, hub
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -46,8 +46,12 @@ def _ckpt(config=None, kind="tokenizer"):
 def test_registry_entries():
     assert {"gpstoken-s64", "gpstoken-m128", "gpstoken-l256", "gpstoken-tiny"} <= set(hub.list_pretrained("tokenizer"))
     sit = hub.get_spec("gpstoken-sit-xl", "generator")
-    assert sit.extra["tokenizer"] == "gpstoken-m128"
-    assert len(sit.extra["latent_mean"]) == 21 and len(sit.extra["latent_std"]) == 21
+    assert sit.tokenizer == "gpstoken-m128" and sit.layout_bank == "initg.pickle"
+    assert len(sit.latent_mean) == 21 and len(sit.latent_std) == 21
+    assert (sit.sampling.steps, sit.sampling.sampler, sit.sampling.cfg_scale) == (250, "sde", 1.5)
+    assert sit.sampling.guidance_interval == (0.2, 1.0)  # official guidance_low=200, guidance_high=1000
+    config = sit.generator_config()
+    assert config.n_tokens == 128 and len(config.class_names) == 1000 and config.class_names[207] == "golden retriever"
     assert hub.get_spec("gpstoken-l256").arch_config()["gps_c"] == 32
     assert hub.get_spec("default", "tokenizer").name == hub.DEFAULTS["tokenizer"]
     with pytest.raises(ValueError, match="is a generator checkpoint, not a tokenizer"):
@@ -194,18 +198,25 @@ def test_load_errors_name_the_file(tmp_path):
             hub.load_safetensors(p)
 
 
-def test_check_state_dict_lists_problems():
+def test_fit_state_dict_lists_problems_and_drops_extra_keys():
     expected = {f"k{i}": (2, 2) for i in range(8)}
-    hub.check_state_dict(expected, {k: torch.zeros(2, 2) for k in expected})
+    state = {k: torch.zeros(2, 2) for k in expected}
+    assert checkpoint.fit_state_dict(expected, state).keys() == expected.keys()
+    with pytest.warns(UserWarning, match="ignoring 1 keys the model does not have: extra"):
+        fitted = checkpoint.fit_state_dict(expected, {**state, "extra": torch.zeros(1)}, name="tok.safetensors")
+    assert "extra" not in fitted
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="1 unexpected: extra"):
+        checkpoint.fit_state_dict(expected, {**state, "extra": torch.zeros(1)}, allow_extra=False)
     got = {f"k{i}": torch.zeros(2, 2) for i in range(1, 7)}
     got["k6"] = torch.zeros(3)
-    got.update({"extra": torch.zeros(1)})
     with pytest.raises(hub.CheckpointMismatchError) as info:
-        hub.check_state_dict(expected, got, name="tok.safetensors", show=1)
+        checkpoint.fit_state_dict(expected, got, name="tok.safetensors", show=1)
     msg = str(info.value)
     assert "tok.safetensors" in msg and "2 missing: k0, ... (1 more)" in msg
-    assert "1 unexpected: extra" in msg and "1 shape mismatch: k6: expected (2, 2), got (3,)" in msg
-    hub.check_state_dict({"a": torch.zeros(2)}, {"a": torch.ones(2)})  # tensors as expected shapes
+    assert "1 shape mismatch: k6: expected (2, 2), got (3,)" in msg
+    bad = dict(state, k3=torch.tensor([[0.0, float("nan")], [0.0, 0.0]]))
+    with pytest.raises(checkpoint.CheckpointFormatError, match="weight 'k3' holds inf/nan"):
+        checkpoint.fit_state_dict(expected, bad, name="tok.safetensors")
 
 
 # ---------------------------------------------------------------------------- conversion
@@ -255,5 +266,5 @@ def test_safetensors_header_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_
 
 
 def test_only_l256_decodes_patch_by_patch():
-    assert hub.get_spec("gpstoken-l256").extra["decode_per_patch"] is True
-    assert hub.get_spec("gpstoken-m128").extra["decode_per_patch"] is False
+    assert hub.get_spec("gpstoken-l256").decode_per_patch is True
+    assert hub.get_spec("gpstoken-m128").decode_per_patch is False

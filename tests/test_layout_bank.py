@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gpstoken.layout_bank import FORMAT, LayoutBank, LayoutBankError, convert_initg_pickle
+from gpstoken.layout_bank import (FORMAT, LayoutBank, LayoutBankError, convert_initg_pickle, load_layout_bank,
+                                  read_initg_pickle)
 
 
 def _bank():
@@ -86,7 +87,7 @@ def test_convert_initg_pickle(tmp_path, protocol):
     src = tmp_path / "initg.pickle"
     src.write_bytes(pickle.dumps(data, protocol=protocol))
     out = tmp_path / "bank.safetensors"
-    bank = convert_initg_pickle(src, out, trust=True)
+    bank = convert_initg_pickle(src, out)
     assert bank.classes == [5, 207] and bank.n_tokens == 16
     loaded = LayoutBank.load(out)
     expected = torch.from_numpy(np.stack([a[:, :5] for a in data[207]]).astype(np.float32))
@@ -94,14 +95,38 @@ def test_convert_initg_pickle(tmp_path, protocol):
     torch.testing.assert_close(loaded[5][0], torch.from_numpy(data[np.int64(5)][0]), atol=0, rtol=0)
 
 
-def test_convert_refuses_untrusted_pickle(tmp_path):
+def test_a_pickle_is_not_a_safetensors_bank(tmp_path):
     src = tmp_path / "initg.pickle"
     src.write_bytes(pickle.dumps(_initg(np.random.default_rng(0))))
-    with pytest.raises(LayoutBankError, match="arbitrary code"):
-        convert_initg_pickle(src, tmp_path / "bank.safetensors")
-    assert not (tmp_path / "bank.safetensors").exists()
-    with pytest.raises(LayoutBankError, match="is a pickle"):
+    with pytest.raises(LayoutBankError, match="is a pickle.*load_layout_bank"):
         LayoutBank.load(src)
+
+
+def test_load_layout_bank_caches_the_pickle_as_safetensors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    data = _initg(np.random.default_rng(0))
+    src = tmp_path / "initg.pickle"
+    src.write_bytes(pickle.dumps(data))
+    bank = load_layout_bank(src)
+    cached = list((tmp_path / "cache" / "gpstoken" / "layout-banks").glob("*.safetensors"))
+    assert len(cached) == 1 and LayoutBank.load(cached[0]).classes == bank.classes == [5, 207]
+    src.write_bytes(b"garbage")  # the cache is keyed by content: a changed file is read again
+    with pytest.raises(LayoutBankError, match="not a valid layout pickle|blocked|not a readable"):
+        load_layout_bank(src)
+    assert load_layout_bank(cached[0]).classes == [5, 207]  # a safetensors bank loads directly
+
+
+@pytest.mark.parametrize("payload, words", [
+    ({1: ["not a number"]}, "may only hold"),
+    ({1: [np.array(["a", "b"])]}, "dtype <U1"),
+    ({1: [1.5]}, "a float"),
+    ({"cls": [np.zeros((16, 5))]}, "a str"),
+])
+def test_pickle_with_anything_but_numbers_is_refused(tmp_path, payload, words):
+    src = tmp_path / "initg.pickle"
+    src.write_bytes(pickle.dumps(payload))
+    with pytest.raises(LayoutBankError, match=words):
+        read_initg_pickle(src)
 
 
 class _Exploit:
@@ -109,11 +134,11 @@ class _Exploit:
         return (os.system, ("echo pwned > /dev/null",))
 
 
-def test_restricted_unpickler_blocks_code_execution_even_when_trusted(tmp_path):
+def test_restricted_unpickler_blocks_code_execution(tmp_path):
     src = tmp_path / "evil.pickle"
     src.write_bytes(pickle.dumps({1: [_Exploit()]}))
     with pytest.raises(LayoutBankError, match="blocked global"):
-        convert_initg_pickle(src, tmp_path / "bank.safetensors", trust=True)
+        convert_initg_pickle(src, tmp_path / "bank.safetensors")
     assert not (tmp_path / "bank.safetensors").exists()
 
 
@@ -121,10 +146,10 @@ def test_convert_reports_malformed_layouts(tmp_path):
     src = tmp_path / "initg.pickle"
     src.write_bytes(pickle.dumps({1: [np.zeros((16, 5)), np.zeros((8, 5))]}))
     with pytest.raises(LayoutBankError, match="different token counts"):
-        convert_initg_pickle(src, tmp_path / "b.safetensors", trust=True)
+        convert_initg_pickle(src, tmp_path / "b.safetensors")
     src.write_bytes(pickle.dumps({1: [np.zeros((16, 3))]}))
     with pytest.raises(LayoutBankError, match=r"\[N, >=5\]"):
-        convert_initg_pickle(src, tmp_path / "b.safetensors", trust=True)
+        convert_initg_pickle(src, tmp_path / "b.safetensors")
     src.write_bytes(pickle.dumps([np.zeros((16, 5))]))
     with pytest.raises(LayoutBankError, match="expected a dict"):
-        convert_initg_pickle(src, tmp_path / "b.safetensors", trust=True)
+        convert_initg_pickle(src, tmp_path / "b.safetensors")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from gpstoken.checkpoint import TEXTURE_PREFIX, CheckpointMismatchError, fit_state_dict, sub_state_dict
 from gpstoken.models.configs import SIT_ARCHS, SiTConfig
 from gpstoken.models.sit import SiT, timestep_embedding
 
@@ -36,7 +37,8 @@ def test_state_dict_layout_matches_manifest(official, name, config):
 def fixture_model(official):
     folder = official / "sit"
     config = SiTConfig.from_dict(json.loads((folder / "config.json").read_text())["config"])
-    model = SiT.from_state_dict(config, load_file(folder / "sit_small.safetensors")).eval()
+    model = SiT(config).eval()
+    model.load_state_dict(fit_state_dict(model.state_dict(), load_file(folder / "sit_small.safetensors")))
     return model, load_file(folder / "cases.safetensors")
 
 
@@ -78,24 +80,21 @@ def test_forward_with_cfg_outside_interval_is_plain_forward(fixture_model):
     torch.testing.assert_close(out, c["cfg_outside/out"], atol=TOL, rtol=0)
 
 
-def test_load_strips_ema_prefix_and_reports_keys(fixture_model):
+def test_official_generator_keys_load_through_the_checkpoint_checker(fixture_model):
     model, _ = fixture_model
     sd = model.state_dict()
-    ckpt = {f"ema_model.{k}": v for k, v in sd.items()}
-    ckpt["model.pos_embed"] = sd["pos_embed"]  # raw weights next to the EMA ones: ignored
+    ckpt = {f"{TEXTURE_PREFIX}{k}": v for k, v in sd.items()}
+    ckpt["model.pos_embed"] = sd["pos_embed"]  # raw weights next to the EMA ones: not under the prefix
     fresh = SiT(model.config)
-    report = fresh.load_official_state_dict(ckpt)
-    assert report.missing == () and report.unexpected == () and report.ignored == ("model.pos_embed",)
+    fresh.load_state_dict(fit_state_dict(fresh.state_dict(), sub_state_dict(ckpt, TEXTURE_PREFIX, name="g")))
     torch.testing.assert_close(fresh.state_dict(), sd, atol=0, rtol=0)
+    partial = {k: v for k, v in sd.items() if k != "pos_embed"}
+    with pytest.raises(CheckpointMismatchError, match="1 missing: pos_embed"):
+        fit_state_dict(SiT(model.config).state_dict(), partial)
+    other = SiT(SiTConfig(input_size=(32, 1), in_channels=5, hidden_size=64, depth=2, num_heads=4, num_classes=10))
+    with pytest.raises(CheckpointMismatchError, match="x_embedder.proj.weight"):
+        fit_state_dict(other.state_dict(), sd)
 
-    partial = {k: v for k, v in sd.items() if k != "pos_embed"} | {"extra.weight": torch.zeros(1)}
-    with pytest.raises(ValueError, match=r"missing \['pos_embed'\].*unexpected \['extra.weight'\]"):
-        SiT(model.config).load_official_state_dict(partial)
-    report = SiT(model.config).load_official_state_dict(partial, strict=False)
-    assert report.missing == ("pos_embed",) and report.unexpected == ("extra.weight",)
-    with pytest.raises(ValueError, match="x_embedder.proj.weight"):
-        SiT(SiTConfig(input_size=(32, 1), in_channels=5, hidden_size=64, depth=2, num_heads=4,
-                      num_classes=10)).load_official_state_dict(sd)
 
 
 SMALL = SiTConfig(input_size=(8, 1), in_channels=5, hidden_size=32, depth=1, num_heads=2, num_classes=3)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 pytest.importorskip("accelerate")
 skimage = pytest.importorskip("skimage")
 
-from gpstoken.hub import checkpoint_config, load_safetensors  # noqa: E402
+from gpstoken.checkpoint import checkpoint_config, load_safetensors  # noqa: E402
 from gpstoken.models.configs import SiTConfig, TokenizerConfig  # noqa: E402
 from gpstoken.models.sit import SiT  # noqa: E402
 from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
@@ -276,7 +276,7 @@ def test_layout_and_texture_generators_train_resume_and_export(labeled_images, t
     assert info["tokenizer"] == str(tiny_tokenizer_file.resolve()) and len(info["latent_mean"]) == 21
     assert info["class_names"] == ["cat", "coffee"] and len(info["layout_mean"]) == 5
     texture = SiT(SiTConfig.from_dict(info["texture"]))
-    texture.load_official_state_dict(state, strict=True)
+    texture.load_state_dict({k[len("ema_model."):]: v for k, v in state.items() if k.startswith("ema_model.")})
     lay = SiT(SiTConfig.from_dict(info["layout"]))
     lay.load_state_dict({k[len("layout_model."):]: v for k, v in state.items() if k.startswith("layout_model.")})
     x = torch.randn(2, 21, 16, 1)

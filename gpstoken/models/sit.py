@@ -8,13 +8,12 @@ enters every block through adaLN-Zero modulation.
 
 Key names and shapes match the official checkpoints (``pos_embed``, ``x_embedder.proj``,
 ``t_embedder.mlp``, ``y_embedder.embedding_table``, ``cond_embedder``, ``blocks.i.{attn,mlp,
-adaLN_modulation}``, ``final_layer``); official checkpoints store them under ``ema_model.``.
+adaLN_modulation}``, ``final_layer``); official checkpoints store them under ``ema_model.``
+(loading goes through :mod:`gpstoken.checkpoint`).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +21,7 @@ from torch import Tensor, nn
 
 from .configs import SiTConfig
 
-__all__ = ["SiT", "LoadReport", "timestep_embedding"]
-
-_EMA_PREFIX = "ema_model."
+__all__ = ["SiT", "timestep_embedding"]
 
 
 def timestep_embedding(t: Tensor, dim: int = 256, max_period: float = 10000.0) -> Tensor:
@@ -180,20 +177,6 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         return self.linear(_modulate(self.norm_final(x), shift, scale))
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """What :meth:`SiT.load_official_state_dict` matched.
-
-    ``missing``: model keys absent from the checkpoint; ``unexpected``: checkpoint keys the
-    model does not have; ``ignored``: keys skipped on purpose (non-EMA weights when the
-    checkpoint also holds ``ema_model.`` weights).
-    """
-
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-    ignored: tuple[str, ...]
 
 
 class SiT(nn.Module):
@@ -354,50 +337,3 @@ class SiT(nn.Module):
         v_cond, v_uncond = out.chunk(2, dim=0)
         guided = v_uncond + cfg_scale * (v_cond - v_uncond)
         return torch.cat([guided, guided], dim=0)
-
-    def load_official_state_dict(self, state_dict: Mapping[str, Tensor], *, strict: bool = True) -> LoadReport:
-        """Load an official (or our own) SiT state dict.
-
-        When keys carry the ``ema_model.`` prefix, only those are used (prefix stripped) and
-        the remaining keys (e.g. the raw training weights) are reported as ``ignored``.
-
-        Raises:
-            ValueError: with ``strict`` and any missing / unexpected key, or on a shape
-                mismatch (always).
-        """
-        keys = list(state_dict)
-        if any(k.startswith(_EMA_PREFIX) for k in keys):
-            sd = {k[len(_EMA_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_EMA_PREFIX)}
-            ignored = tuple(k for k in keys if not k.startswith(_EMA_PREFIX))
-        else:
-            sd, ignored = dict(state_dict), ()
-        own = self.state_dict()
-        missing = tuple(k for k in own if k not in sd)
-        unexpected = tuple(k for k in sd if k not in own)
-        bad_shapes = [
-            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-            for k, v in sd.items()
-            if k in own and tuple(v.shape) != tuple(own[k].shape)
-        ]
-        if bad_shapes:
-            raise ValueError(
-                "SiT checkpoint does not fit this config (wrong architecture?): " + "; ".join(bad_shapes[:8])
-                + (f" ... ({len(bad_shapes)} in all)" if len(bad_shapes) > 8 else "")
-            )
-        if strict and (missing or unexpected):
-            raise ValueError(
-                f"SiT checkpoint keys do not match: missing {list(missing[:10])}"
-                f"{' ...' if len(missing) > 10 else ''} ({len(missing)}), unexpected {list(unexpected[:10])}"
-                f"{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)})"
-            )
-        self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-        return LoadReport(missing=missing, unexpected=unexpected, ignored=ignored)
-
-    @classmethod
-    def from_state_dict(
-        cls, config: SiTConfig, state_dict: Mapping[str, Tensor], *, strict: bool = True
-    ) -> "SiT":
-        """Build a SiT for ``config`` and load ``state_dict`` (``ema_model.`` prefix allowed)."""
-        model = cls(config)
-        model.load_official_state_dict(state_dict, strict=strict)
-        return model

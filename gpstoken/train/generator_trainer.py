@@ -42,9 +42,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import (LAYOUT_PREFIX, TEXTURE_PREFIX, GeneratorConfig, checkpoint_config, load_safetensors,
+                          read_keys, save_checkpoint, texture_targets)
 from ..geometry import GEOMETRY
 from ..hub import file_digest
-from ..models.configs import SIT_ARCHS, SiTConfig, TokenizerConfig
+from ..models.configs import SIT_ARCHS, SiTConfig
 from ..models.sit import SiT
 from ..models.tokenizer import GPSTokenizer
 from .common import Run, RunConfig, architecture, lr_factor, set_lr
@@ -97,18 +99,10 @@ class GeneratorTrainConfig(RunConfig):
 
 def load_tokenizer_model(name_or_path: str, device: torch.device) -> GPSTokenizer:
     """A :class:`GPSTokenizer` (eval mode, on ``device``) from a registry name, Hub id or local
-    safetensors file, via :func:`gpstoken.hub.resolve` (the config comes from its metadata)."""
-    from ..hub import check_state_dict, load_safetensors, resolve
+    safetensors file, loaded like :func:`gpstoken.load_tokenizer` loads it."""
+    from ..pipeline import load_tokenizer
 
-    resolved = resolve(name_or_path, "tokenizer")
-    if resolved.config is None:
-        raise ValueError(f"tokenizer: {name_or_path} carries no config (export it with gpstoken's save_checkpoint)")
-    with torch.random.fork_rng(devices=[]):
-        model = GPSTokenizer(TokenizerConfig.from_dict(resolved.config))
-    state, _ = load_safetensors(resolved.path)
-    check_state_dict(model.state_dict(), state, name=str(resolved.path))
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model.eval().to(device)
+    return load_tokenizer(name_or_path, device=device).model
 
 
 def extract(cfg: GeneratorTrainConfig, run: Run, with_tokens: bool) -> dict[str, torch.Tensor]:
@@ -187,11 +181,6 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), std.float()
 
 
-def texture_targets(tokens: torch.Tensor, g_init: torch.Tensor) -> torch.Tensor:
-    """``[geometry - g_init, features]`` for tokens ``[M,N,5+C]``."""
-    return torch.cat([tokens[..., :GEOMETRY] - g_init, tokens[..., GEOMETRY:]], dim=-1)
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -225,10 +214,9 @@ class GeneratorTrainer:
         with self.run.seeded():
             model = SiT(self.sit_config)
         if cfg.init_from:
-            state = load_weights(cfg.init_from)
-            want = "layout_model." if kind == "layout" else "ema_model."
-            prefix = want if any(k.startswith(want) for k in state) else ""
-            model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+            want = LAYOUT_PREFIX if kind == "layout" else TEXTURE_PREFIX
+            prefix = want if any(k.startswith(want) for k in read_keys(cfg.init_from)) else ""
+            load_weights(cfg.init_from, model, prefix)
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
         self.ema.model.to(dev)
         if cfg.compile:
@@ -289,14 +277,12 @@ class GeneratorTrainer:
 
     def export(self) -> Path:
         """Write the EMA weights (see module doc); returns the export path."""
-        from ..hub import save_checkpoint
-
         run = self.run
         name = "generator.safetensors" if self.kind == "texture" else "layout.safetensors"
         path = run.out / "export" / name
         if run.is_main:
             dt = torch.float16 if self.cfg.export_dtype == "float16" else torch.float32
-            prefix = "ema_model." if self.kind == "texture" else "layout_model."
+            prefix = TEXTURE_PREFIX if self.kind == "texture" else LAYOUT_PREFIX
             state = {prefix + k: v.detach().to("cpu", dt).contiguous() for k, v in self.ema.model.state_dict().items()}
             info: dict[str, Any] = {"class_names": self.class_names, "n_tokens": self.sit_config.input_size[0]}
             if self.kind == "texture":
@@ -304,6 +290,7 @@ class GeneratorTrainer:
                             latent_std=self.std.tolist(), tokenizer=self._paired_tokenizer())
                 if self.cfg.layout_from:
                     state.update(_layout_part(self.cfg.layout_from, info))
+                info = GeneratorConfig.from_dict(info).to_dict()  # the schema loaders read
             else:
                 info.update(layout=self.sit_config.to_dict(), layout_mean=self.mean.tolist(),
                             layout_std=self.std.tolist())
@@ -337,8 +324,6 @@ class GeneratorTrainer:
 
 def _layout_part(path: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The ``layout_model.`` weights of a layout export; adds its config and stats to ``info``."""
-    from ..hub import checkpoint_config, load_safetensors
-
     state, file_meta = load_safetensors(path)
     layout = checkpoint_config(file_meta, "generator") or {}
     if "layout" not in layout or "texture" in layout:
@@ -346,9 +331,9 @@ def _layout_part(path: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:
     if layout.get("n_tokens") != info["n_tokens"]:
         raise ValueError(f"layout_from: {path} makes {layout.get('n_tokens')} tokens, this model {info['n_tokens']}")
     info.update({k: layout[k] for k in ("layout", "layout_mean", "layout_std")})
-    part = {k: v for k, v in state.items() if k.startswith("layout_model.")}
+    part = {k: v for k, v in state.items() if k.startswith(LAYOUT_PREFIX)}
     if not part:
-        raise ValueError(f"layout_from: {path} holds no layout_model.* weights")
+        raise ValueError(f"layout_from: {path} holds no {LAYOUT_PREFIX}* weights")
     return part
 
 

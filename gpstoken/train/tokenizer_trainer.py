@@ -66,19 +66,17 @@ class TokenizerTrainConfig(RunConfig):
         return architecture(self.model, TOKENIZER_ARCHS, TokenizerConfig)
 
 
-def load_weights(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Float32 tensors of a safetensors file (keys under ``prefix``, prefix stripped)."""
-    from safetensors.torch import load_file
+def load_weights(path: str | os.PathLike, model: torch.nn.Module, prefix: str = "") -> None:
+    """Load the weights of a safetensors file (those under ``prefix``, prefix stripped) into
+    ``model``, checked by :func:`gpstoken.checkpoint.fit_state_dict` (extra keys dropped with a
+    warning, missing / mis-shaped / non-finite ones refused)."""
+    from ..checkpoint import fit_state_dict, load_safetensors, sub_state_dict
 
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"init_from: no such file {path}")
-    state = load_file(path)
+    state, _ = load_safetensors(path)
     if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not state:
-            raise ValueError(f"{path}: no weights under the prefix {prefix!r}")
-    return {k: v.float() for k, v in state.items()}
+        state = sub_state_dict(state, prefix, name=f"init_from {path}")
+    state = fit_state_dict(model.state_dict(), state, name=f"init_from {path}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -96,7 +94,7 @@ def export_tokenizer(model: torch.nn.Module, config: TokenizerConfig, path: str 
                      dtype: str = "float32", extra_metadata: Optional[dict[str, Any]] = None) -> Path:
     """Write ``model``'s weights (official keys) to a safetensors file loadable by
     ``gpstoken.load_tokenizer`` / ``GPSTokenizer.load_state_dict(strict=True)``."""
-    from ..hub import save_checkpoint
+    from ..checkpoint import save_checkpoint
 
     dt = torch.float16 if dtype == "float16" else torch.float32
     state = {k: v.detach().to("cpu", dt if v.is_floating_point() else v.dtype).contiguous()
@@ -134,7 +132,7 @@ class TokenizerTrainer:
             model = GPSTokenizer(self.model_config)
             disc = PatchDiscriminator(3, cfg.disc_channels, cfg.disc_layers)
         if cfg.init_from:
-            model.load_state_dict(load_weights(cfg.init_from), strict=True)
+            load_weights(cfg.init_from, model)
         frozen = freeze_parameters(model, cfg.freeze)
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
         self.ema.model.to(self.run.device)
