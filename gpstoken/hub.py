@@ -653,6 +653,12 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def check_repo_id(repo_id: Any, name: str = "repo_id") -> None:
+    """ValueError naming ``name`` unless ``repo_id`` looks like a Hub repo id ``owner/name``."""
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
+        raise ValueError(f"{name}: expected a Hub repo id 'owner/name', got {repo_id!r}")
+
+
 def push_folder(save: Any, repo_id: str, *, private: bool | None, token: str | None, commit_message: str) -> str:
     """Save with ``save(folder)`` into a temporary folder and upload it to ``repo_id`` (created
     when missing) with ``huggingface_hub.HfApi``; returns the commit URL."""
@@ -660,8 +666,7 @@ def push_folder(save: Any, repo_id: str, *, private: bool | None, token: str | N
 
     from huggingface_hub import HfApi
 
-    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo_id):
-        raise ValueError(f"repo_id: expected 'owner/name', got {repo_id!r}")
+    check_repo_id(repo_id)
     if hub_offline():
         raise RuntimeError(f"push_to_hub({repo_id!r}): HF_HUB_OFFLINE is set; unset it to upload "
                            "(or save_pretrained(folder) and upload the folder later)")

@@ -321,7 +321,7 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_saved_folder(tmp_path, mon
     assert tok.push_to_hub("me/tiny", private=True).endswith("/commit/abc")
     assert calls == [("create", "me/tiny", {"private": True, "exist_ok": True}),
                      ("upload", "me/tiny", ["README.md", "config.json", "model.safetensors"])]
-    with pytest.raises(ValueError, match="repo_id: expected 'owner/name'"):
+    with pytest.raises(ValueError, match="repo_id: expected a Hub repo id 'owner/name'"):
         tok.push_to_hub("not a repo")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set"):

@@ -336,3 +336,28 @@ def test_missing_train_dependency_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", None)
     with pytest.raises(ImportError, match=r"tqdm: pip install 'gpstoken\[train\]'"):
         require_train_deps()
+
+
+def test_push_to_hub_after_training(one_image, tmp_path, monkeypatch, capsys):
+    """``gpstoken train ... --push-to-hub REPO`` uploads the export (huggingface_hub's HfApi
+    stubbed: no network) and refuses a layout run or a bad repo id before training."""
+    from huggingface_hub import HfApi, constants
+
+    from gpstoken.train.cli import main as train_main
+
+    uploads = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, *, repo_id, folder_path, commit_message: uploads.append(
+        (repo_id, sorted(p.name for p in Path(folder_path).iterdir()))) or f"https://hf.co/{repo_id}/commit/1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "cfg.json").write_text(json.dumps(_tok_cfg(one_image, max_steps=1).to_dict()))
+    args = ["--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "run")]
+    assert train_main(["layout", *args, "--push-to-hub", "me/x"]) == 1
+    assert "a layout export is not a model on its own" in capsys.readouterr().err
+    assert train_main(["tokenizer", *args, "--push-to-hub", "nope"]) == 1
+    assert "--push-to-hub: expected a Hub repo id 'owner/name'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before any training
+    assert train_main(["tokenizer", *args, "--push-to-hub", "me/tok"]) == 0
+    assert uploads == [("me/tok", ["README.md", "config.json", "model.safetensors"])]
+    assert "pushed to https://hf.co/me/tok/commit/1" in capsys.readouterr().out

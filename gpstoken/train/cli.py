@@ -24,6 +24,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="override mixed_precision")
     p.add_argument("--tokenizer", default=None, help="texture: override the config's tokenizer")
     p.add_argument("--layout-from", default=None, help="texture: bundle this layout export into the generator")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="tokenizer/texture: upload the exported model to this Hub repo (owner/name) at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +46,7 @@ def run_args(args: argparse.Namespace) -> dict:
     """Run the training command described by parsed ``args``; returns the run summary."""
     from pathlib import Path
 
+    from ..hub import check_repo_id
     from .common import require_train_deps
 
     require_train_deps()
@@ -67,10 +70,22 @@ def run_args(args: argparse.Namespace) -> dict:
             cfg.layout_from = args.layout_from
     elif args.tokenizer or args.layout_from:
         raise ValueError("--tokenizer / --layout-from apply to layout and texture training only")
+    if args.push_to_hub is not None:
+        if args.kind == "layout":
+            raise ValueError("--push-to-hub: a layout export is not a model on its own; push the texture generator "
+                             "trained with --layout-from instead")
+        check_repo_id(args.push_to_hub, "--push-to-hub")
     out = args.out or str(Path("runs") / Path(args.config).stem)
     if args.kind == "tokenizer":
-        return train_tokenizer(cfg, out, resume=args.resume)
-    return train_generator(cfg, out, args.kind, resume=args.resume)
+        summary = train_tokenizer(cfg, out, resume=args.resume)
+    else:
+        summary = train_generator(cfg, out, args.kind, resume=args.resume)
+    if args.push_to_hub is not None and os.environ.get("RANK", "0") == "0":
+        from ..pipeline import load_generator, load_tokenizer
+
+        load = load_tokenizer if args.kind == "tokenizer" else load_generator
+        summary["pushed"] = load(summary["export"], device="cpu").push_to_hub(args.push_to_hub)
+    return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -83,6 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     if os.environ.get("RANK", "0") == "0":
         print(f"gpstoken train {args.kind}: done at step {summary['step']}, exported {summary['export']}")
+        if "pushed" in summary:
+            print(f"gpstoken train {args.kind}: pushed to {summary['pushed']}")
     return 0
 
 
