@@ -470,16 +470,22 @@ def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def infer_tokenizer_arch(path: str | os.PathLike) -> str:
-    """The tokenizer architecture of a safetensors file without a config.
+    """The tokenizer architecture of a safetensors file without a config
+    (:func:`arch_from_shapes` of its tensor shapes and file name)."""
+    path = Path(path)
+    return arch_from_shapes(_file_shapes(path), path)
 
-    The architectures of ``TOKENIZER_ARCHS`` whose weights all appear in the file with the same
-    shapes are candidates (extra keys in the file are allowed). Architectures with identical
-    weights (S64 and M128 differ only in their token count) are told apart by the file name
-    (``gpstoken_m128.safetensors`` contains ``m128``). ValueError listing the choices when it
-    cannot be told.
+
+def arch_from_shapes(shapes: Mapping[str, tuple[int, ...]], path: str | os.PathLike) -> str:
+    """The ``TOKENIZER_ARCHS`` name of a tokenizer state dict given as key -> shape.
+
+    The architectures whose weights all appear with the same shapes are candidates (extra keys
+    are allowed). Architectures with identical weights (S64 and M128 differ only in their token
+    count) are told apart by the file name of ``path`` (``gpstoken_m128.safetensors`` contains
+    ``m128``). CheckpointFormatError when none fits, ValueError listing the choices when the
+    name does not tell.
     """
     path = Path(path)
-    shapes = _file_shapes(path)
     fits = [a for a in TOKENIZER_ARCHS if all(shapes.get(k) == v for k, v in _arch_shapes(TOKENIZER_ARCHS[a]).items())]
     stem = path.name.lower().replace("_", "-")
     if len(fits) > 1:

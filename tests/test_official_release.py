@@ -168,6 +168,22 @@ def test_architecture_from_shapes_file_name_or_argument(release, tmp_path):
         gpstoken.load_tokenizer(unnamed, arch="m128", device="cpu")
 
 
+def test_full_size_architectures_from_the_official_manifest(official):
+    """The real S64/M128/L256 (built on the meta device) against the official key/shape lists."""
+    manifest = json.loads((official / "manifest.json").read_text())
+
+    def shapes(entry):
+        return {e["key"]: tuple(e["shape"]) for e in manifest[entry]["state_dict"]} | {EXTRA_KEY: (4,)}
+
+    assert hub.arch_from_shapes(shapes("gpstoken_l256"), "anything.safetensors") == "gpstoken-l256"
+    assert hub.arch_from_shapes(shapes("gpstoken_m128"), "gpstoken_m128.safetensors") == "gpstoken-m128"
+    assert hub.arch_from_shapes(shapes("gpstoken_s64"), "weights/gpstoken_s64.safetensors") == "gpstoken-s64"
+    with pytest.raises(ValueError, match=r"\['gpstoken-s64', 'gpstoken-m128'\]"):
+        hub.arch_from_shapes(shapes("gpstoken_m128"), "model.safetensors")
+    with pytest.raises(checkpoint.CheckpointFormatError, match="not a GPSToken tokenizer"):
+        hub.arch_from_shapes(shapes("sit_xl_2_gs"), "generator.safetensors")
+
+
 def test_bad_tokenizer_files_get_one_clear_message_each(release, tmp_path):
     folder, _ = release
     state = load_file(str(folder / "gpstoken_m128.safetensors"))
