@@ -342,3 +342,21 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_saved_folder(tmp_path, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set"):
         tok.push_to_hub("me/tiny")
+
+
+def test_official_generator_yaml_as_config_json():
+    """An optional config.json beside generator.safetensors may be the official
+    configs/gpstoken_generator.yaml as JSON: its SiT settings and latent stats are used."""
+    official_yaml = {
+        "pretrained_gpstoken_means": [0.5] * 21, "pretrained_gpstoken_stds": [2.0] * 21,
+        "transport": {"path_type": "Linear", "prediction": "velocity", "loss_weight": None},
+        "model": {"name": "SiT-XL/2-gs", "latent_size": 128, "num_classes": 1000, "in_channels": 21},
+        "gpstoken": {"gpsconfig": {"gps_c": 16, "gps_num": 128}},
+    }
+    base = hub.OFFICIAL_GENERATOR.generator_config()
+    config = checkpoint.GeneratorConfig.from_official(official_yaml, base)
+    assert config.latent_mean == (0.5,) * 21 and config.latent_std == (2.0,) * 21
+    assert config.texture == SIT_ARCHS["SiT-XL/2-gs"] and config.sampling == base.sampling
+    assert config.class_names[207] == "golden retriever" and config.tokenizer == "gpstoken-m128"
+    with pytest.raises(checkpoint.CheckpointFormatError, match="pretrained_gpstoken_stds must be a list of 21"):
+        checkpoint.GeneratorConfig.from_official({**official_yaml, "pretrained_gpstoken_stds": [1.0]}, base)
