@@ -49,6 +49,11 @@ def run_args(args: argparse.Namespace) -> dict:
     from ..hub import check_repo_id
     from .common import require_train_deps
 
+    if args.push_to_hub is not None:  # before any work
+        if args.kind == "layout":
+            raise ValueError("--push-to-hub: a layout export is not a model on its own; push the texture generator "
+                             "trained with --layout-from instead")
+        check_repo_id(args.push_to_hub, "--push-to-hub")
     require_train_deps()
     from .generator_trainer import GeneratorTrainConfig, train_generator
     from .tokenizer_trainer import TokenizerTrainConfig, train_tokenizer
@@ -70,11 +75,6 @@ def run_args(args: argparse.Namespace) -> dict:
             cfg.layout_from = args.layout_from
     elif args.tokenizer or args.layout_from:
         raise ValueError("--tokenizer / --layout-from apply to layout and texture training only")
-    if args.push_to_hub is not None:
-        if args.kind == "layout":
-            raise ValueError("--push-to-hub: a layout export is not a model on its own; push the texture generator "
-                             "trained with --layout-from instead")
-        check_repo_id(args.push_to_hub, "--push-to-hub")
     out = args.out or str(Path("runs") / Path(args.config).stem)
     if args.kind == "tokenizer":
         summary = train_tokenizer(cfg, out, resume=args.resume)
