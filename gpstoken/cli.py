@@ -130,6 +130,8 @@ def _cmd_studio(a: argparse.Namespace) -> None:
 
     if a.max_side < 32:
         raise ValueError(f"--max-side: must be at least 32 pixels, got {a.max_side}")
+    if not 0 <= a.port <= 65535:
+        raise ValueError(f"--port: must be in [0, 65535] (0: any free port), got {a.port}")
     generator = None if a.generator.lower() == "none" else a.generator
     try:
         serve(a.model, generator, host=a.host, port=a.port, device=a.device, limits=Limits(max_side=a.max_side),

@@ -259,6 +259,8 @@ def test_temp_folder_is_removed_on_close_and_examples_folder(tmp_path):
 def test_cli_studio_wrong_model_and_busy_port(capsys):
     assert cli.main(["studio", "--model", "no-such-model", "--no-browser"]) == 1
     assert "no-such-model" in capsys.readouterr().err
+    assert cli.main(["studio", "--port", "70000", "--no-browser"]) == 1
+    assert "--port: must be in [0, 65535]" in capsys.readouterr().err
     import socket
 
     with socket.socket() as s:
