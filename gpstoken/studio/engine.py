@@ -246,7 +246,7 @@ class Studio:
         if max(h, w) > self.limits.max_side:
             raise StudioError(f"{name}: tokens of a {w}x{h} image, larger than this studio's working size "
                               f"{self.limits.max_side}; start it with --max-side {max(h, w)}")
-        image = gpstoken.decode(tokens, model=tok)
+        image = tok.decode(tokens)
         s = self._new_session(image, name, "photo")
         s.versions = 1
         s.after = Result(tokens, image, tokens.n_tokens, [], 1)
@@ -349,9 +349,9 @@ class Studio:
                 layout = gpstoken.edit_layout(img, n_tokens=n, priority=boxes or None, model=self.tokenizer)
             tok = self.tokenizer
             report(f"encoding {layout.total_tokens} tokens")
-            tokens = gpstoken.encode(img, layout=layout, model=tok)
+            tokens = tok.encode(img, layout=layout)
             report("decoding")
-            rec = gpstoken.decode(tokens, model=tok)
+            rec = tok.decode(tokens)
             s.versions += 1
             s.before, s.after = s.after, Result(tokens, rec, n, boxes, s.versions)
             return self.state(s)
