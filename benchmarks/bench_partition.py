@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from reference_partition import grey_of as ref_grey_of  # noqa: E402
-from reference_partition import reference_partition  # noqa: E402
-
 from gpstoken.geometry import cells_to_arrays, split_patches  # noqa: E402
 from gpstoken.images import pad_to_patches  # noqa: E402
 from gpstoken.partition import native_available, partition  # noqa: E402
+
+from reference_partition import grey_of as ref_grey_of  # noqa: E402
+from reference_partition import reference_partition  # noqa: E402
 
 PARTITION = sys.modules["gpstoken.partition"]
 

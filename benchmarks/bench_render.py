@@ -98,7 +98,8 @@ def main() -> None:
             lambda: fwd_bwd(geo, feat, (h, w), "dense", grad), lambda: fwd_bwd(geo, feat, (h, w), "torch", grad),
             args.reps, lambda: None,
         )
-        row = f"{B:>3} {N:>4} {f'{h}x{w}':>9} {C:>3} | {t_dense:>9.2f} {t_cull:>9.2f} {t_dense / t_cull:>7.1f}x {d_out:>8.1e} {d_grad:>8.1e}"
+        row = (f"{B:>3} {N:>4} {f'{h}x{w}':>9} {C:>3} | {t_dense:>9.2f} {t_cull:>9.2f} {t_dense / t_cull:>7.1f}x "
+               f"{d_out:>8.1e} {d_grad:>8.1e}")
         if cuda:
             gc, fc, gradc = geo.cuda(), feat.cuda(), grad.cuda()
             refc = fwd_bwd(gc, fc, (h, w), "dense", gradc)

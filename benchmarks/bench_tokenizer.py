@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from reference_tokenizer import ReferenceTokenizer  # noqa: E402
-
 from gpstoken.models.configs import TOKENIZER_ARCHS  # noqa: E402
 from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
+
+from reference_tokenizer import ReferenceTokenizer  # noqa: E402
 
 
 def layout(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,6 @@ from gpstoken.train.data import PATCH, CropDataset, layout_arrays, training_imag
 from gpstoken.train.losses import reconstruction_loss  # noqa: E402
 from gpstoken.train.tokenizer_trainer import TokenizerTrainConfig, freeze_parameters  # noqa: E402
 
-
 DATA_SAMPLES = 8
 
 

@@ -15,8 +15,8 @@ from typing import Any
 # ``partition`` and ``render`` are also submodule names: importing a submodule binds its name
 # on the package, so these two functions are bound eagerly (after their modules load) to keep
 # ``gpstoken.partition(...)`` and ``gpstoken.render(...)`` callable.
-from .partition import partition  # noqa: E402
-from .render import render  # noqa: E402
+from .partition import partition as partition  # noqa: E402
+from .render import render as render  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from .layout import Layout, calibrate as _calibrate
+from .layout import Layout
+from .layout import calibrate as _calibrate
 from .partition import partition
 from .pipeline import Generator, Tokenizer, load_generator, load_tokenizer
 from .tokens import GPSTokens

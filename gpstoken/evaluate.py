@@ -217,7 +217,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     if results.get("fid_features"):
         notes.append(f"rFID features: {results['fid_features']}.")
     for m, reason in results["unavailable"].items():
-        notes.append(f"{dict((k, l) for k, l, _ in METRICS)[m]} n/a: {reason}.")
+        notes.append(f"{dict((k, label) for k, label, _ in METRICS)[m]} n/a: {reason}.")
     if results["skipped"]:
         notes.append(f"{len(results['skipped'])} images skipped (listed in eval.json).")
     return "\n".join(lines) + "\n" + "\n".join(notes) + "\n"

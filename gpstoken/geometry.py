@@ -39,21 +39,22 @@ GEOMETRY = 5  #: numbers per Gaussian: sigma_x, sigma_y, rho, mu_x, mu_y
 REGION = 4  #: numbers per region: x0, y0, x1, y1
 
 Grid = tuple[int, int]
-_A = TypeVar("_A")
+#: what the elementwise conversions accept and return
+ArrayLike = TypeVar("ArrayLike", float, np.ndarray, torch.Tensor)
 
 
 # --------------------------------------------------------------------------- pixel <-> normalised
-def to_norm(p: _A, size: int = PATCH) -> _A:
+def to_norm(p: ArrayLike, size: int = PATCH) -> ArrayLike:
     """Pixel position(s) along an axis of ``size`` pixels -> normalised ``[-1, 1]``:
     ``(p/(size-1) - 0.5)*2``. Works on floats, numpy arrays and tensors (keep float64 for
     the official rounding)."""
-    return (p / (size - 1) - 0.5) * 2.0  # type: ignore[operator]
+    return (p / (size - 1) - 0.5) * 2.0
 
 
-def to_pixel(v: _A, size: int = PATCH) -> _A:
+def to_pixel(v: ArrayLike, size: int = PATCH) -> ArrayLike:
     """Normalised position(s) -> pixel position(s) along an axis of ``size`` pixels (inverse
     of :func:`to_norm`)."""
-    return (v / 2.0 + 0.5) * (size - 1)  # type: ignore[operator]
+    return (v / 2.0 + 0.5) * (size - 1)
 
 
 def pixel_coords(n: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -101,7 +102,8 @@ def geometry_from_cells(cells: torch.Tensor | np.ndarray) -> tuple[torch.Tensor,
     ``mu = ((x0+x1)/2/255 - 0.5)*2``, ``region = (p/255 - 0.5)*2``.
     """
     c = torch.as_tensor(cells).detach().to(dtype=torch.float64)
-    geometry, regions = _cell_formulas(*c.unbind(-1), PATCH, PATCH, lambda xs: torch.stack(xs, -1))
+    x0, y0, x1, y1 = c.unbind(-1)
+    geometry, regions = _cell_formulas(x0, y0, x1, y1, PATCH, PATCH, lambda xs: torch.stack(xs, -1))
     return geometry.float(), regions.float()
 
 
@@ -110,14 +112,15 @@ def cells_to_arrays(cells: np.ndarray, H: int = PATCH, W: int = PATCH) -> tuple[
     ``adaptive_initialize`` output): cells ``[n,4]`` -> ``(geometry [n,5], regions [n,4])``
     float32, computed in float64 (bit-identical to :func:`geometry_from_cells` for 256)."""
     c = np.asarray(cells, dtype=np.float64).reshape(-1, 4)
-    geometry, regions = _cell_formulas(*c.T, H, W, lambda xs: np.stack(xs, axis=1))
+    x0, y0, x1, y1 = c.T
+    geometry, regions = _cell_formulas(x0, y0, x1, y1, H, W, lambda xs: np.stack(xs, axis=1))
     return geometry.astype(np.float32), regions.astype(np.float32)
 
 
-def cell_extent(sigma: _A) -> _A:
+def cell_extent(sigma: ArrayLike) -> ArrayLike:
     """``x1 - x0`` in pixels (cell side minus one) of the cell whose initial Gaussian has
     ``sigma``: the inverse of ``sigma = (x1-x0)/256 * 2/3``, i.e. ``1.5 * sigma * 256``."""
-    return 1.5 * sigma * PATCH  # type: ignore[operator,return-value]
+    return 1.5 * sigma * PATCH
 
 
 def regions_from_geometry(geometry: torch.Tensor) -> torch.Tensor:

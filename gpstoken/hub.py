@@ -42,11 +42,20 @@ from typing import Any, Iterable, Mapping
 import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HFValidationError, HfHubHTTPError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
 
 from .checkpoint import (  # noqa: F401  (the error types are part of this module's interface)
-    KINDS, PICKLE_SUFFIXES, CheckpointFormatError, CheckpointMismatchError, CheckpointNotFoundError,
-    GeneratorConfig, atomic_save, checkpoint_config, load_safetensors, read_metadata, save_checkpoint,
+    KINDS,
+    PICKLE_SUFFIXES,
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    GeneratorConfig,
+    atomic_save,
+    checkpoint_config,
+    load_safetensors,
+    read_metadata,
+    save_checkpoint,
 )
 from .imagenet import imagenet_classes
 from .models.configs import SIT_ARCHS, TOKENIZER_ARCHS, TokenizerConfig

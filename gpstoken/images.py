@@ -113,6 +113,7 @@ def from_tensor(x: torch.Tensor, kind: ImageKind) -> Any:
     if kind.kind == "tensor":
         return x if kind.batched else x[0]
     arr = ((x.cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out: list[Any]
     if kind.kind == "pil":
         out = [Image.fromarray(a) for a in arr]
     elif kind.numpy_dtype is not None and np.issubdtype(kind.numpy_dtype, np.floating):
@@ -133,7 +134,7 @@ def resize_short_side(img: Image.Image, short: int) -> Image.Image:
     w, h = img.size
     s = short / min(w, h)
     size = (max(short, round(w * s)), max(short, round(h * s)))
-    return img.resize(size, Image.BICUBIC, reducing_gap=None if s >= 1 else 3.0)
+    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=None if s >= 1 else 3.0)
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -187,7 +187,7 @@ class Layout:
         if not ((c[..., 0] < c[..., 2]).all() and (c[..., 1] < c[..., 3]).all()):
             raise ValueError("cells: each cell needs x0 < x1 and y0 < y1 (at least 2x2 pixels)")
         geometry, regions = geometry_from_cells(c)
-        return cls(geometry, regions, image_size, grid)
+        return cls(geometry, regions, image_size, grid)  # type: ignore[arg-type]  # None: derived
 
     def cells(self) -> torch.Tensor:
         """int64 ``[B,N,4]`` inclusive pixel cells ``(x0, y0, x1, y1)`` in patch frames (rounded)."""
@@ -391,7 +391,7 @@ def draw_gaussians(
         pick = index % b if x.shape[0] > 1 else 0
         canvas = to_pil(x[pick : pick + 1])[0]
     if scale > 1:
-        canvas = canvas.resize((w * scale, h * scale), Image.NEAREST)
+        canvas = canvas.resize((w * scale, h * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(canvas)
     cells, gaussians = image_pixels(geometry[index], regions[index], grid)
     t = np.linspace(0.0, 2.0 * np.pi, 49)

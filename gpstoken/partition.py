@@ -37,6 +37,7 @@ exact computation for every pixel.
 from __future__ import annotations
 
 import heapq
+import importlib
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -50,8 +51,9 @@ from gpstoken.images import pad_to_patches, to_tensor
 from gpstoken.kernels.entropy_hist import HALF_BINS, gradient_hist
 from gpstoken.layout import Layout
 
+_native: Any  # the compiled extension, or None without it
 try:
-    from gpstoken import _cpartition as _native
+    _native = importlib.import_module("gpstoken._cpartition")
 except ImportError:  # built without a C compiler: the pure-torch path is used
     _native = None
 
@@ -263,7 +265,7 @@ class _Workspace:
     """Reusable float32/int32 buffers (fresh multi-MiB tensors cost page faults every call)."""
 
     def __init__(self):
-        self.bufs: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
+        self.bufs: dict[tuple[str, torch.dtype], torch.Tensor] = {}  # one buffer per name, grown as needed
 
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         n = math.prod(shape)
@@ -339,9 +341,8 @@ def _fast_counts(groups: list[torch.Tensor], margin: float, ws: _Workspace | Non
         if h > RESIZE:
             x = _exact_resize_axis(x, 1)
         xp = _pad_replicate(x)
-        unsure = [_fast_keys(xp[s:s + _FAST_CHUNK], margin, ws, keys[base + s:base + min(s + _FAST_CHUNK, kk)])
-                  + torch.tensor([s, 0]) for s in range(0, kk, _FAST_CHUNK)]
-        unsure = torch.cat(unsure)
+        unsure = torch.cat([_fast_keys(xp[s:s + _FAST_CHUNK], margin, ws, keys[base + s:base + min(s + _FAST_CHUNK, kk)])
+                            + torch.tensor([s, 0]) for s in range(0, kk, _FAST_CHUNK)])
         if unsure.numel():
             cell, f = unsure[:, 0], unsure[:, 1]
             rows = torch.from_numpy(_axis_ops(h, True)[1].perm)[f // RESIZE]
@@ -590,7 +591,7 @@ def _run_greedy(ev: _Evaluator, states: list[_PatchState], min_size: int) -> Non
         s.add(s.root, ev.cache[s.patch][s.root], min_size)
     active = [s for s in states if not s.done]
     while active:
-        req = []
+        req: list[tuple[int, Cell]] = []
         for s in active:
             req.extend((s.patch, k) for c in _speculate(s, ev.cache[s.patch], min_size) for k in _children(c))
         ev.compute(req)
@@ -743,10 +744,10 @@ def _partition_stack(grey: torch.Tensor, n: int, weight: float, min_size: int,
     p, h, w = grey.shape
     _check_reachable(n, h, w, min_size)
     if _use_native(grey):
-        out = np.empty((p, n, 4), np.int32)
+        native_out = np.empty((p, n, 4), np.int32)
         _native.partition(_native_grey(grey), p, h, w, _bias_integral(bias), n, min_size,
-                          float(weight), torch.get_num_threads(), out)
-        return list(out.astype(np.int64))
+                          float(weight), torch.get_num_threads(), native_out)
+        return list(native_out.astype(np.int64))
     ev = _Evaluator(grey, weight, bias)
     states = [_PatchState(i, h, w, n) for i in range(p)]
     _run_greedy(ev, states, min_size)

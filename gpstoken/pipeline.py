@@ -27,7 +27,7 @@ from .models.configs import SiTConfig, TokenizerConfig
 from .models.sit import SiT
 from .models.tokenizer import GPSTokenizer
 from .partition import partition
-from .sampling import SAMPLERS, cfg_velocity, check_sampling, sample
+from .sampling import SAMPLERS, VelocityFn, cfg_velocity, check_sampling, sample
 from .tokens import GPSTokens
 
 ImageLike = Any
@@ -274,13 +274,14 @@ class Generator:
         replacement like the official sampler (which pops each stored layout once).
         """
         class_id = self.class_index(class_id)
-        if self.layout_model is not None:
+        layout_model = self.layout_model
+        if layout_model is not None:
             mean = torch.tensor(self.config.layout_mean, device=self.device)
             std = torch.tensor(self.config.layout_std, device=self.device)
             noise = torch.randn(n, GEOMETRY, self.n_tokens, 1, generator=generator, device=self.device)
             y = torch.full((n,), class_id, device=self.device, dtype=torch.long)
             with torch.inference_mode():
-                g = sample(lambda x, t: self.layout_model(x, t, y), noise, method="heun", steps=steps,
+                g = sample(lambda x, t: layout_model(x, t, y), noise, method="heun", steps=steps,
                            progress=progress)
             g = g[..., 0].transpose(1, 2) * std + mean  # [n, N, 5]
             return calibrate(_layout_from_geometry(_clamp_geometry(g)))
@@ -324,6 +325,7 @@ class Generator:
         channels = self.texture.config.in_channels
         noise = torch.randn(n, channels, self.n_tokens, 1, generator=gen, device=self.device)
         y = torch.full((n,), class_id, device=self.device, dtype=torch.long)
+        velocity: VelocityFn
         if cfg_scale == 1.0:
             velocity = functools.partial(_texture_velocity, self.texture, y=y, cond=g_init)
         else:
@@ -332,7 +334,7 @@ class Generator:
             velocity = cfg_velocity(
                 functools.partial(_texture_velocity, self.texture, y=torch.cat([y, null]),
                                   cond=torch.cat([g_init, g_init])),
-                float(cfg_scale), interval=tuple(float(v) for v in guidance_interval))
+                float(cfg_scale), interval=(float(guidance_interval[0]), float(guidance_interval[1])))
         with torch.inference_mode():
             x = sample(velocity, noise, method=SAMPLERS[sampler], steps=steps, generator=gen, progress=progress)[:n]
         targets = x[..., 0].transpose(1, 2) * self.latent_std + self.latent_mean  # [n, N, 5+C]
@@ -504,7 +506,8 @@ def _layout_bank(state: dict, resolved: hub.ResolvedCheckpoint, layout_bank: Opt
     if any(k.startswith(checkpoint.BANK_PREFIX) for k in state):
         return LayoutBank.from_state_dict(state, prefix=checkpoint.BANK_PREFIX)
     if official:
-        path = resolved.sibling(hub.OFFICIAL_GENERATOR.layout_bank)
+        name = hub.OFFICIAL_GENERATOR.layout_bank
+        path = resolved.sibling(name) if name is not None else None
         return load_layout_bank(path) if path is not None else None
     return None
 

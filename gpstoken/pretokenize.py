@@ -11,6 +11,7 @@ the CPU.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -123,7 +124,7 @@ def _run(tok: Tokenizer, source, n_tokens: int, size: int, batches: list[list[in
                     parts[k].append(v.cpu())
             bar.update(len(batches[b]))
             if b + 1 == len(batches) or owner[b + 1] != owner[b]:
-                _write(out, owner[b], parts, skipped, source, run, n_tokens * patch_grid(size, size)[0] * patch_grid(size, size)[1],
+                _write(out, owner[b], parts, skipped, source, run, n_tokens * math.prod(patch_grid(size, size)),
                        tok.config.gps_c)
                 parts = {k: [] for k in shards.TENSORS}
                 skipped = []
@@ -134,8 +135,8 @@ def _run(tok: Tokenizer, source, n_tokens: int, size: int, batches: list[list[in
 def _write(out: Path, s: int, parts: dict[str, list], skipped: list[dict[str, Any]], source, run: dict[str, Any],
            n: int, c: int) -> None:
     empty = {"geometry": torch.zeros(0, n, GEOMETRY), "features": torch.zeros(0, n, c),
-             "layout.geometry": torch.zeros(0, n, GEOMETRY), "layout.regions": torch.zeros(0, n, REGION), "source_size": torch.zeros(0, 2, dtype=torch.int64),
-             "index": torch.zeros(0, dtype=torch.int64)}
+             "layout.geometry": torch.zeros(0, n, GEOMETRY), "layout.regions": torch.zeros(0, n, REGION),
+             "source_size": torch.zeros(0, 2, dtype=torch.int64), "index": torch.zeros(0, dtype=torch.int64)}
     tensors = {k: torch.cat(v) if v else empty[k] for k, v in parts.items()}
     ids = [source.ids[i] for i in tensors["index"].tolist()]
     shards.write_shard(out / shards.shard_name(s), tensors, run, ids, skipped)

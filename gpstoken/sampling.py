@@ -24,14 +24,14 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "SAMPLERS", "SamplingDefaults", "VelocityFn", "cfg_velocity", "check_sampling", "sample", "sample_dopri5", "sample_euler", "sample_heun", "sample_sde",
-    "sbdm_diffusion", "score_from_velocity",
+    "SAMPLERS", "SamplingDefaults", "VelocityFn", "cfg_velocity", "check_sampling", "sample", "sample_dopri5",
+    "sample_euler", "sample_heun", "sample_sde", "sbdm_diffusion", "score_from_velocity",
 ]
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
@@ -69,7 +69,8 @@ class SamplingDefaults:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"sampling: unknown fields {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
 
 def check_sampling(steps: Any, sampler: Any, cfg_scale: Any, guidance_interval: Any) -> None:
@@ -114,6 +115,10 @@ def score_from_velocity(v: Tensor, x: Tensor, t: Tensor) -> Tensor:
     return (tt * v - x) / (1 - tt)
 
 
+@overload
+def sbdm_diffusion(t: Tensor) -> Tensor: ...
+@overload
+def sbdm_diffusion(t: float) -> float: ...
 def sbdm_diffusion(t: Tensor | float) -> Tensor | float:
     """SBDM diffusion coefficient ``w(t) = sigma_t^2 * alpha'_t / alpha_t - sigma_t * sigma'_t``.
 

@@ -7,8 +7,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gpstoken.layout_bank import (FORMAT, LayoutBank, LayoutBankError, convert_initg_pickle, load_layout_bank,
-                                  read_initg_pickle)
+from gpstoken.layout_bank import (
+    FORMAT,
+    LayoutBank,
+    LayoutBankError,
+    convert_initg_pickle,
+    load_layout_bank,
+    read_initg_pickle,
+)
 
 
 def _bank():

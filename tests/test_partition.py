@@ -21,6 +21,7 @@ from gpstoken.partition import (
     partition,
     partition_patch,
 )
+
 from reference_partition import grey_of as ref_grey_of
 from reference_partition import reference_partition
 

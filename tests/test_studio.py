@@ -173,8 +173,8 @@ def test_gpst_upload_continues_editing_or_names_the_wrong_model(client, encoded,
     status, reply = client.call("/api/image", path.read_bytes(), headers={"X-Filename": "m128.gpst"})
     assert status == 400 and "model 'gpstoken-m128'" in reply["error"] and "--model gpstoken-m128" in reply["error"]
     # a safetensors file that is not a token file
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(path))
     status, reply = client.call("/api/image", path.read_bytes(), headers={"X-Filename": "weights.safetensors"})

@@ -18,17 +18,28 @@ pytest.importorskip("accelerate")
 skimage = pytest.importorskip("skimage")
 
 from gpstoken.checkpoint import checkpoint_config, load_safetensors  # noqa: E402
+from gpstoken.metrics import psnr  # noqa: E402
 from gpstoken.models.configs import SiTConfig, TokenizerConfig  # noqa: E402
 from gpstoken.models.sit import SiT  # noqa: E402
 from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
 from gpstoken.train import (  # noqa: E402
-    OFFLINE_CLASSES, OFFLINE_HELDOUT, DataConfig, GeneratorTrainConfig, GeneratorTrainer, TokenizerTrainConfig,
-    TokenizerTrainer, export_tokenizer,
+    OFFLINE_CLASSES,
+    OFFLINE_HELDOUT,
+    DataConfig,
+    GeneratorTrainConfig,
+    GeneratorTrainer,
+    TokenizerTrainConfig,
+    TokenizerTrainer,
+    export_tokenizer,
 )
 from gpstoken.train.data import (  # noqa: E402
-    CropDataset, StepBatchSampler, folder_images, grid_shape, offline_images, uniform_cells,
+    CropDataset,
+    StepBatchSampler,
+    folder_images,
+    grid_shape,
+    offline_images,
+    uniform_cells,
 )
-from gpstoken.metrics import psnr  # noqa: E402
 from gpstoken.train.thumbnail import bicubic_thumbnail, thumbnail_side  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,11 +15,15 @@ import torch
 
 from .data import DataConfig
 
+#: modules training needs beyond the core ones it already imports (checked against the ``train``
+#: extra and the core dependencies by tests/test_packaging.py)
+TRAIN_DEPS = ("accelerate", "tqdm")
+
 
 def require_train_deps() -> None:
     """Raise a clear ImportError when the ``train`` extra's packages are missing."""
     missing = []
-    for mod in ("accelerate", "tqdm"):
+    for mod in TRAIN_DEPS:
         try:
             __import__(mod)
         except ImportError:
@@ -250,7 +254,7 @@ class Run:
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         """Append one JSON line (main process) with the step and elapsed minutes."""
         if self.is_main:
-            rec = {"step": self.step, "minutes": round((time.monotonic() - self.t0) / 60, 3),
+            rec = {"step": self.step, "minutes": round(self.elapsed_minutes(), 3),
                    **{k: _jsonable(v) for k, v in metrics.items()}}
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -275,7 +279,7 @@ class Run:
         """True (on every process) once ``max_minutes`` has passed on the main process."""
         if self.cfg.max_minutes is None:
             return False
-        flag = torch.tensor([float((time.monotonic() - self.t0) / 60.0 >= self.cfg.max_minutes)], device=self.device)
+        flag = torch.tensor([float(self.elapsed_minutes() >= self.cfg.max_minutes)], device=self.device)
         if self.world > 1:
             from accelerate.utils import broadcast
 
@@ -313,6 +317,7 @@ class Run:
         return False
 
     def elapsed_minutes(self) -> float:
+        """Wall-clock minutes since the run object was made."""
         return (time.monotonic() - self.t0) / 60.0
 
 

@@ -399,7 +399,7 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    @functools.lru_cache(maxsize=4)
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - 4 small arrays at most, datasets live for the run
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.labels))
 

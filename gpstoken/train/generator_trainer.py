@@ -42,8 +42,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import (LAYOUT_PREFIX, TEXTURE_PREFIX, GeneratorConfig, checkpoint_config, load_safetensors,
-                          read_keys, save_checkpoint, texture_targets)
+from ..checkpoint import (
+    LAYOUT_PREFIX,
+    TEXTURE_PREFIX,
+    GeneratorConfig,
+    checkpoint_config,
+    load_safetensors,
+    read_keys,
+    save_checkpoint,
+    texture_targets,
+)
 from ..geometry import GEOMETRY
 from ..hub import file_digest
 from ..models.configs import SIT_ARCHS, SiTConfig

@@ -18,13 +18,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..metrics import psnr, ssim
 from ..models.configs import TOKENIZER_ARCHS, TokenizerConfig
 from ..models.tokenizer import GPSTokenizer
 from .common import Run, RunConfig, architecture, lr_factor, set_lr
 from .data import CropDataset, EvalDataset, StepBatchSampler, heldout_images, make_loader, training_images
 from .ema import EMA
-from ..metrics import psnr, ssim
-from .losses import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, maybe_perceptual, reconstruction_loss
+from .losses import (
+    PatchDiscriminator,
+    adaptive_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+    maybe_perceptual,
+    reconstruction_loss,
+)
 
 
 @dataclass
