@@ -18,7 +18,9 @@ import pytest
 
 import gpstoken.kernels
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(gpstoken.kernels.__path__) if not m.ispkg)
+# kernel modules; the private ones (``_torch_impl``: the torch twins) hold no kernel
+MODULES = sorted(m.name for m in pkgutil.iter_modules(gpstoken.kernels.__path__)
+                 if not m.ispkg and not m.name.startswith("_"))
 TARGETS = (80, 90)
 
 COMPILE_SCRIPT = r"""
@@ -40,7 +42,7 @@ print("REPORT" + json.dumps(report))
 
 
 def test_kernel_modules_found():
-    assert {"splat_forward", "splat_backward"} <= set(MODULES)
+    assert {"entropy_hist", "splat_forward", "splat_backward"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)

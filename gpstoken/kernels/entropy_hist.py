@@ -1,4 +1,4 @@
-"""Gradient-magnitude histogram of resized cells (Triton), with its torch twin.
+"""Gradient-magnitude histogram of resized cells (Triton); its torch twin is in :mod:`._torch_impl`.
 
 Input: ``r`` float32 ``[K,64,64]``, each cell already resized to 64x64 (values in about
 [0, 1]). Per cell: 3x3 Sobel derivatives with replicated borders, computed in float64 with
@@ -18,8 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._torch_impl import HALF_BINS, gradient_hist_torch
+
 SIZE = 64
-HALF_BINS = 256
 
 
 @triton.jit
@@ -63,25 +64,6 @@ def gradient_hist_triton(r: torch.Tensor) -> torch.Tensor:
     if r.shape[0]:
         _gradient_hist_kernel[(r.shape[0],)](r, out, SIZE_C=SIZE, NBINS=HALF_BINS)
     return out
-
-
-def gradient_hist_torch(r: torch.Tensor) -> torch.Tensor:
-    """Torch twin of the kernel: ``r`` float32 ``[K,64,64]`` -> int32 ``[K,256]`` counts."""
-    k = r.shape[0]
-    p = torch.nn.functional.pad(r.double()[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-    d = p[:, :, 2:] - p[:, :, :-2]
-    s = (p[:, :, :-2] + 2.0 * p[:, :, 1:-1]) + p[:, :, 2:]
-    gx = 2.0 * d[:, 1:-1] + (d[:, 2:] + d[:, :-2])
-    gy = s[:, 2:] - s[:, :-2]
-    t = (gx * gx + gy * gy).sqrt_().mul_(512.0)
-    q = torch.floor(t / 11.0)
-    q -= (q * 11.0 > t).to(q.dtype)
-    q += ((q + 1.0) * 11.0 <= t).to(q.dtype)
-    q.clamp_(max=HALF_BINS - 1)
-    q.masked_fill_(t > 2816.0, HALF_BINS)  # above 5.5: an overflow bin, dropped below
-    qi = q.to(torch.int64) + torch.arange(k, device=r.device)[:, None, None] * (HALF_BINS + 1)
-    counts = torch.bincount(qi.view(-1), minlength=k * (HALF_BINS + 1))
-    return counts.view(k, HALF_BINS + 1)[:, :HALF_BINS].to(torch.int32)
 
 
 def gradient_hist(r: torch.Tensor) -> torch.Tensor:

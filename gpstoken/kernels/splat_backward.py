@@ -12,7 +12,7 @@ With ``u = dx/sx``, ``t = dy/sy``, ``a = 1/(2(1-rho^2))``, ``q = u^2 - 2 rho u t
 ``d/dsigma_x = u * d/dmu_x``, ``d/dsigma_y = t * d/dmu_y``, ``d/drho = 2a(u t - 2 rho a q) * gv``,
 ``d/df = v * grad_out[pixel]``.
 
-Torch twin: ``gpstoken.render._CulledRender.backward``.
+Torch twin: ``gpstoken.kernels._torch_impl.CulledRender.backward``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ of ``BLOCK_C`` channels. It loops over the item's N tokens; a token whose cut-of
 the tile is skipped with one scalar test, otherwise its Gaussian is evaluated on the tile and
 accumulated. Every output element is written exactly once, so the result is deterministic.
 
-Torch twin: ``gpstoken.render._CulledRender.forward`` (same formula, same box test).
+Torch twin: ``gpstoken.kernels._torch_impl.CulledRender.forward`` (same formula, same box test).
 """
 from __future__ import annotations
 

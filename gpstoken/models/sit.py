@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..sampling import cfg_velocity
 from .configs import SiTConfig
 
 __all__ = ["SiT", "timestep_embedding"]
@@ -312,7 +313,8 @@ class SiT(nn.Module):
         guidance_high: float = 1000.0,
         cond: Tensor | None = None,
     ) -> Tensor:
-        """Classifier-free guided velocity with a guidance interval (official semantics).
+        """Classifier-free guided velocity with a guidance interval (official semantics), through
+        :func:`gpstoken.sampling.cfg_velocity`.
 
         The batch is laid out ``[conditional half; unconditional half]`` (``y`` second half =
         null class). Only ``t[0]`` is looked at: when
@@ -328,12 +330,7 @@ class SiT(nn.Module):
         Returns:
             ``[2B, in_channels, H, W]``.
         """
-        if x.shape[0] % 2:
-            raise ValueError(f"forward_with_cfg needs an even batch [cond; uncond], got {x.shape[0]}")
-        if not bool((t[0] >= guidance_low / 1000.0) & (t[0] <= guidance_high / 1000.0)):  # in t's dtype
-            return self.forward(x, t, y, cond)
-        half = x[: x.shape[0] // 2]
-        out = self.forward(torch.cat([half, half], dim=0), t, y, cond)
-        v_cond, v_uncond = out.chunk(2, dim=0)
-        guided = v_uncond + cfg_scale * (v_cond - v_uncond)
-        return torch.cat([guided, guided], dim=0)
+        guided = cfg_velocity(lambda xx, tt: self.forward(xx, tt, y, cond), cfg_scale,
+                              interval=(guidance_low / 1000.0, guidance_high / 1000.0))
+        return guided(x, t)
+

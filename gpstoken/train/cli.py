@@ -34,14 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``train`` on a parent CLI's sub-parsers; its handler is :func:`run_args`."""
-    p = subparsers.add_parser("train", help="train models (needs: pip install gpstoken[train])")
-    add_train_arguments(p)
-    p.set_defaults(func=run_args)
-    return p
-
-
 def run_args(args: argparse.Namespace) -> dict:
     """Run the training command described by parsed ``args``; returns the run summary."""
     from pathlib import Path
