@@ -1,4 +1,5 @@
-"""Documentation the code points at exists: docstring citations of docs/algorithms.md."""
+"""Documentation the code points at exists: docstring citations of docs/algorithms.md, and
+docs/internals.md names every module."""
 from __future__ import annotations
 
 import re
@@ -19,3 +20,10 @@ def test_algorithms_citations_name_real_sections():
                 cited += 1
     assert cited >= 10  # the modules do cite it
     assert sections >= set(range(9))
+
+
+def test_internals_module_map_lists_every_module():
+    text = (ROOT / "docs" / "internals.md").read_text()
+    modules = [p.relative_to(ROOT / "gpstoken").as_posix() for p in sorted((ROOT / "gpstoken").rglob("*.py"))]
+    missing = [m for m in modules if not m.endswith("__init__.py") and f"| `{m}` |" not in text]
+    assert not missing, f"docs/internals.md: add a module-map row for {missing}"
