@@ -115,7 +115,7 @@ def _cmd_tokenize(a: argparse.Namespace) -> None:
 
     manifest = tokenize(a.src, a.out, a.tokens, model=a.model, size=a.size, batch_size=a.batch_size,
                         shard_size=a.shard_size, num_workers=a.workers, split=a.split, image_column=a.image_column,
-                        device=a.device)
+                        labeled=a.labeled, device=a.device)
     if manifest is None:
         print(f"this process's shards are done; the last process to finish writes {Path(a.out) / 'manifest.json'}")
         return
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--workers", type=int, default=None, help="DataLoader workers (decode + partition)")
     k.add_argument("--split", default="train", help="dataset split (datasets sources)")
     k.add_argument("--image-column", default=None, help="image column (datasets sources; default: the first Image)")
+    k.add_argument("--labeled", action="store_true", help="SRC's sub-folders are classes: store each image's class")
     common(k)
     k.set_defaults(func=_cmd_tokenize)
 

@@ -153,19 +153,20 @@ def _run(toks, keys, counts, source, size, batches, features, lpips, num_workers
             pending_skips += [{"index": i, "id": source.ids[i], "reason": r} for i, r in batch["skipped"]]
             x = batch["image"]
             if x is not None:
+                x = x.to(toks[0].device, non_blocking=True)
                 real = features(_uint8(x)) if features is not None else None
                 if real is not None:
                     sums.real.update(real)
                 sums.count += len(x)
                 for j, n in keys:
                     tok = toks[j]
-                    rec = tok.decode_tensor(encode_batch(tok, x, batch["layouts"][n])).cpu()
+                    rec = tok.decode_tensor(encode_batch(tok, x, batch["layouts"][n]))
                     s = sums.sums[(j, n)]
                     s["psnr"] += psnr(rec, x).double().sum().item()
                     s["ssim"] += ssim(rec, x).double().sum().item()
                     if lpips is not None:
                         with torch.inference_mode():
-                            s["st_lpips"] += lpips(rec.to(tok.device), x.to(tok.device)).double().sum().item()
+                            s["st_lpips"] += lpips(rec, x).double().sum().item()
                     if real is not None:
                         sums.fake[(j, n)].update(features(_uint8(rec)))
             bar.update(len(batches[b]))

@@ -54,7 +54,7 @@ class Processes:
 
 class PreparedImages(Dataset):
     """Item ``i``: ``{"index": i, "image": float32 [3,S,S] in [-1,1], "source_size": int64 [2],
-    "layouts": {n: (geometry [N,5], regions [N,4])}}`` with N = n * patches, or
+    "layouts": {n: (geometry [N,5], regions [N,4])}, "label": class or -1}`` with N = n * patches, or
     ``{"index": i, "skip": reason}``."""
 
     def __init__(self, source: ImageSource, size: int, token_counts: Sequence[int]) -> None:
@@ -79,7 +79,8 @@ class PreparedImages(Dataset):
         for n in self.token_counts:
             lay = partition(image[None], n)
             layouts[n] = (lay.geometry[0], lay.regions[0])
-        return {"index": i, "image": image, "source_size": torch.tensor([h, w]), "layouts": layouts}
+        return {"index": i, "image": image, "source_size": torch.tensor([h, w]), "layouts": layouts,
+                "label": self.source.labels[i]}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -93,6 +94,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         return batch
     batch["image"] = torch.stack([it["image"] for it in ok])
     batch["source_size"] = torch.stack([it["source_size"] for it in ok])
+    batch["label"] = torch.tensor([it["label"] for it in ok], dtype=torch.int64)
     batch["layouts"] = {n: (torch.stack([it["layouts"][n][0] for it in ok]), torch.stack([it["layouts"][n][1] for it in ok]))
                         for n in ok[0]["layouts"]}
     return batch

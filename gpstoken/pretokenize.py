@@ -57,22 +57,23 @@ def encode_batch(tok: Tokenizer, images: torch.Tensor, layout: tuple[torch.Tenso
 
 def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, model: str = "default",
              size: int = 256, batch_size: int = 32, shard_size: int = 1024, num_workers: Optional[int] = None,
-             split: str = "train", image_column: Optional[str] = None, device: Optional[str] = None,
-             progress: bool = True) -> Optional[dict[str, Any]]:
+             split: str = "train", image_column: Optional[str] = None, labeled: bool = False,
+             device: Optional[str] = None, progress: bool = True) -> Optional[dict[str, Any]]:
     """Tokenize every image of ``src`` into ``out`` (see the module doc and
     :mod:`gpstoken.shards`). Returns the manifest when this process wrote it (the last one
     to finish), else None.
 
     src: folder, list file or ``datasets`` dataset (:func:`gpstoken.sources.open_source`).
     n_tokens: tokens per 256x256 patch. size: the crop side (>= 32; multiples of 256 make
-    whole patches). shard_size: source images per shard.
+    whole patches). shard_size: source images per shard. labeled: a folder with one sub-folder
+    per class; each image's class index is stored (``label``), the names in the manifest.
     """
     n_tokens = check_token_count(n_tokens)
     size = _check_int(size, "--size", MIN_SIDE)
     batch_size = _check_int(batch_size, "--batch-size", 1)
     shard_size = _check_int(shard_size, "--shard-size", 1)
     procs = Processes.from_env()
-    source = open_source(src, split=split, image_column=image_column)
+    source = open_source(src, split=split, image_column=image_column, labeled=labeled)
     dev = torch.device(device) if device is not None else procs.device()
     tok = load_tokenizer(model, device=dev, dtype="bfloat16" if dev.type == "cuda" else None)
     out = Path(out)
@@ -80,9 +81,9 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
     header = {"model": tok.name, "model_sha256": model_digest(model), "n_tokens": n_tokens,
               "channels": tok.config.gps_c, "image_size": [size, size],
               "preprocessing": PREPROCESSING.format(size=size), "source": source.description,
-              "source_images": len(source), "shard_size": shard_size,
+              "source_images": len(source), "shard_size": shard_size, "classes": source.classes,
               "encode_dtype": str(tok.dtype).removeprefix("torch.")}
-    run = {k: header[k] for k in ("model_sha256", "n_tokens", "image_size", "shard_size", "encode_dtype")}
+    run = {k: header[k] for k in ("model_sha256", "n_tokens", "image_size", "shard_size", "encode_dtype", "classes")}
     n_shards = -(-len(source) // shard_size)
     pending = []
     for s in range(procs.rank, n_shards, procs.world):
@@ -120,7 +121,8 @@ def _run(tok: Tokenizer, source, n_tokens: int, size: int, batches: list[list[in
                 tokens = encode_batch(tok, batch["image"], batch["layouts"][n_tokens])
                 for k, v in (("geometry", tokens.geometry), ("features", tokens.features),
                              ("layout.geometry", tokens.layout.geometry), ("layout.regions", tokens.layout.regions),
-                             ("source_size", batch["source_size"]), ("index", batch["index"])):
+                             ("source_size", batch["source_size"]), ("index", batch["index"]),
+                             ("label", batch["label"])):
                     parts[k].append(v.cpu())
             bar.update(len(batches[b]))
             if b + 1 == len(batches) or owner[b + 1] != owner[b]:
@@ -136,7 +138,8 @@ def _write(out: Path, s: int, parts: dict[str, list], skipped: list[dict[str, An
            n: int, c: int) -> None:
     empty = {"geometry": torch.zeros(0, n, GEOMETRY), "features": torch.zeros(0, n, c),
              "layout.geometry": torch.zeros(0, n, GEOMETRY), "layout.regions": torch.zeros(0, n, REGION),
-             "source_size": torch.zeros(0, 2, dtype=torch.int64), "index": torch.zeros(0, dtype=torch.int64)}
+             "source_size": torch.zeros(0, 2, dtype=torch.int64), "index": torch.zeros(0, dtype=torch.int64),
+             "label": torch.zeros(0, dtype=torch.int64)}
     tensors = {k: torch.cat(v) if v else empty[k] for k, v in parts.items()}
     ids = [source.ids[i] for i in tensors["index"].tolist()]
     shards.write_shard(out / shards.shard_name(s), tensors, run, ids, skipped)

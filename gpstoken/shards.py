@@ -12,6 +12,8 @@ A folder ``OUT`` holds
     entropy-partition layout they were encoded from),
   - ``source_size`` int64 ``[M,2]``: ``(H, W)`` of each source image before preprocessing,
   - ``index`` int64 ``[M]``: each image's position in the source;
+  - ``label`` int64 ``[M]``: each image's class (``-1``: unlabeled; names in the manifest's
+    ``classes``);
 
   and one metadata entry ``shard``: JSON ``{"run": {...}, "ids": [...], "skipped": [...]}``
   (``run``: what must match for a resumed run to reuse the shard; ``ids``: the M source
@@ -39,7 +41,7 @@ from safetensors.torch import save_file
 FORMAT = "gpstoken-token-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TENSORS = ("geometry", "features", "layout.geometry", "layout.regions", "source_size", "index")
+TENSORS = ("geometry", "features", "layout.geometry", "layout.regions", "source_size", "index", "label")
 
 
 def shard_name(s: int) -> str:

@@ -2,7 +2,8 @@
 Hugging Face ``datasets`` dataset, seen as one ordered list of images with stable ids.
 
 * a folder: every image file below it (recursive; extensions :data:`IMAGE_EXTENSIONS`),
-  sorted; ids are the paths relative to the folder (``/`` separated);
+  sorted; ids are the paths relative to the folder (``/`` separated); with ``labeled`` its
+  sub-folders are the classes;
 * a text file (``.txt`` / ``.lst``): one image path per line (relative paths are relative to
   the file's folder; blank lines and ``#`` comments skipped); ids are the lines as written;
 * a ``datasets`` dataset: a folder written by ``Dataset.save_to_disk`` or a Hub dataset name
@@ -49,9 +50,13 @@ class ImageSource:
     """
 
     def __init__(self, ids: list[str], description: str, *, paths: Optional[list[str]] = None,
-                 dataset: Any = None, column: Optional[str] = None) -> None:
+                 dataset: Any = None, column: Optional[str] = None, labels: Optional[list[int]] = None,
+                 classes: Optional[list[str]] = None) -> None:
         self.ids = ids
         self.description = description
+        #: class index of each image (-1: unlabeled) and the class names
+        self.labels = labels if labels is not None else [-1] * len(ids)
+        self.classes = classes or []
         self._paths = paths
         self._dataset = dataset
         self._column = column
@@ -87,11 +92,20 @@ def _from_list_file(path: Path) -> ImageSource:
     return ImageSource(ids, f"list file {path}", paths=paths)
 
 
-def _from_folder(root: Path) -> ImageSource:
+def _from_folder(root: Path, labeled: bool) -> ImageSource:
     files = image_files(root)
     if not files:
         raise ValueError(f"SRC: no images ({', '.join(IMAGE_EXTENSIONS)}) under the folder {root}")
-    return ImageSource([p.relative_to(root).as_posix() for p in files], f"folder {root}", paths=[str(p) for p in files])
+    ids = [p.relative_to(root).as_posix() for p in files]
+    if not labeled:
+        return ImageSource(ids, f"folder {root}", paths=[str(p) for p in files])
+    loose = [i for i in ids if "/" not in i]
+    if loose:
+        raise ValueError(f"--labeled: every image must sit in a class sub-folder of {root}; {loose[0]} does not")
+    classes = sorted({i.split("/", 1)[0] for i in ids})
+    labels = [classes.index(i.split("/", 1)[0]) for i in ids]
+    return ImageSource(ids, f"folder {root} (one class per sub-folder)", paths=[str(p) for p in files],
+                       labels=labels, classes=classes)
 
 
 def _from_datasets(src: str, split: str, image_column: Optional[str]) -> ImageSource:
@@ -120,12 +134,16 @@ def _from_datasets(src: str, split: str, image_column: Optional[str]) -> ImageSo
                        dataset=ds.select_columns([column]), column=column)
 
 
-def open_source(src: str | os.PathLike, *, split: str = "train", image_column: Optional[str] = None) -> ImageSource:
-    """The images of ``src`` (see the module doc). Raises ValueError / FileNotFoundError naming
-    SRC when it is empty or cannot be opened."""
+def open_source(src: str | os.PathLike, *, split: str = "train", image_column: Optional[str] = None,
+                labeled: bool = False) -> ImageSource:
+    """The images of ``src`` (see the module doc). labeled: a folder whose sub-folders are the
+    classes (sorted names; ImageNet layout) gives each image its class index. Raises
+    ValueError / FileNotFoundError naming SRC when it is empty or cannot be opened."""
     p = Path(src)
     if p.is_dir() and not (p / "dataset_info.json").exists() and not (p / "dataset_dict.json").exists():
-        return _from_folder(p)
+        return _from_folder(p, labeled)
+    if labeled:
+        raise ValueError(f"--labeled: needs a folder with one sub-folder per class, got {src}")
     if p.is_file():
         if p.suffix.lower() not in LIST_EXTENSIONS:
             raise ValueError(f"SRC: {p} is a file but not a list of image paths ({', '.join(LIST_EXTENSIONS)}); "

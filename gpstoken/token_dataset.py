@@ -21,7 +21,8 @@ class TokenDataset(Dataset):
     ``ds[i]`` is a dict: ``geometry`` float32 ``[N,5]``, ``features`` float32 ``[N,C]``,
     ``layout_geometry`` float32 ``[N,5]``, ``layout_regions`` float32 ``[N,4]``,
     ``source_size`` int64 ``[2]`` (H, W before preprocessing), ``index`` (position in the
-    source) and ``id`` (source id); N = tokens per image. Images the run skipped are not
+    source), ``label`` (class index, -1 when unlabeled; names in :attr:`classes`) and ``id``
+    (source id); N = tokens per image. Images the run skipped are not
     in it (``manifest["skipped"]``). Shards are read lazily (the last few stay in memory),
     so it works in DataLoader workers. :meth:`tokens` gives :class:`GPSTokens` to decode.
     """
@@ -48,6 +49,11 @@ class TokenDataset(Dataset):
         return int(self.manifest["n_tokens"])
 
     @property
+    def classes(self) -> list[str]:
+        """Class names of a labeled source (``gpstoken tokenize --labeled``), else empty."""
+        return list(self.manifest.get("classes", []))
+
+    @property
     def model(self) -> str:
         """Id of the tokenizer that wrote the tokens."""
         return str(self.manifest["model"])
@@ -71,14 +77,13 @@ class TokenDataset(Dataset):
         if not -self._len <= i < self._len:
             raise IndexError(f"TokenDataset index {i} out of range for {self._len} images")
         i %= self._len
-        s = bisect.bisect_right(self._starts, i) - 1
-        while self.manifest["shards"][s]["images"] == 0:  # empty shards share their start with the next
-            s += 1
+        s = bisect.bisect_right(self._starts, i) - 1  # the last shard starting at or before i is not empty
         tensors, ids = self._load(s)
         r = i - self._starts[s]
         return {"geometry": tensors["geometry"][r], "features": tensors["features"][r],
                 "layout_geometry": tensors["layout.geometry"][r], "layout_regions": tensors["layout.regions"][r],
-                "source_size": tensors["source_size"][r], "index": int(tensors["index"][r]), "id": ids[r]}
+                "source_size": tensors["source_size"][r], "index": int(tensors["index"][r]),
+                "label": int(tensors["label"][r]), "id": ids[r]}
 
     def tokens(self, i: int) -> GPSTokens:
         """Item ``i`` as :class:`GPSTokens` (batch 1), e.g. for ``Tokenizer.decode_tensor``."""

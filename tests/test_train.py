@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import gpstoken
+
 pytest.importorskip("accelerate")
 skimage = pytest.importorskip("skimage")
 
@@ -272,7 +274,8 @@ def test_layout_and_texture_generators_train_resume_and_export(labeled_images, t
     summary = tex.train()
     losses = [m["loss"] for m in _metrics(tmp_path / "tex") if "loss" in m]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
-    assert len(list(cache.glob("tokens-*.safetensors"))) == 1  # extraction cached (shared by both runs)
+    folders = list(cache.glob("tokens-*"))  # extraction cached as a token folder (shared by both runs)
+    assert len(folders) == 1 and len(gpstoken.TokenDataset(folders[0])) == 6
 
     half = _gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=steps // 2)
     GeneratorTrainer(half, tmp_path / "tex2", "texture").train()
@@ -294,7 +297,6 @@ def test_layout_and_texture_generators_train_resume_and_export(labeled_images, t
     out = texture(x, torch.rand(2), torch.tensor([0, 1]), torch.rand(2, 16, 5) * 0.5 + 0.1)
     assert out.shape == x.shape and torch.isfinite(out).all()
     # the public loader pairs it with the tokenizer and samples layout -> texture -> image
-    import gpstoken
     from gpstoken.partition import partition
 
     gen = gpstoken.load_generator(summary["export"], device="cpu")
@@ -308,6 +310,25 @@ def test_layout_and_texture_generators_train_resume_and_export(labeled_images, t
 
 
 @pytest.mark.slow
+def test_texture_generator_trains_from_a_tokenize_folder(labeled_images, tiny_tokenizer_file, tmp_path):
+    from gpstoken.pretokenize import tokenize
+
+    tokenize(labeled_images, tmp_path / "tokens", 16, model=str(tiny_tokenizer_file), labeled=True, num_workers=0,
+             progress=False)
+    cfg = GeneratorTrainConfig.from_dict({"model": TINY_SIT, "tokens": str(tmp_path / "tokens"), "batch_size": 2,
+                                          "max_steps": 2, "log_every": 1, "save_every": 0})
+    tex = GeneratorTrainer(cfg, tmp_path / "run", "texture")
+    assert tex.class_names == ["cat", "coffee"] and tex.labels.tolist() == [0, 1]
+    assert tex.sit_config.input_size == (16, 1) and tex.sit_config.in_channels == 21
+    info = checkpoint_config(load_safetensors(tex.train()["export"])[1], "generator")
+    assert info["tokenizer"] == str(tiny_tokenizer_file.resolve()) and info["class_names"] == ["cat", "coffee"]
+    with pytest.raises(ValueError, match="--labeled"):
+        tokenize(labeled_images, tmp_path / "unlabeled", 16, model=str(tiny_tokenizer_file), num_workers=0,
+                 progress=False)
+        GeneratorTrainer(GeneratorTrainConfig.from_dict({"model": TINY_SIT, "tokens": str(tmp_path / "unlabeled")}),
+                         tmp_path / "run2", "texture")
+
+
 def test_accelerate_launch_two_processes(one_image, tmp_path):
     """The CLI under ``accelerate launch --num_processes 2 --cpu`` (DDP over gloo), with
     gradient accumulation (no_sync) and the GAN active: one optimizer step, then export."""

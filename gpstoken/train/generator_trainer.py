@@ -3,11 +3,13 @@
 Pipeline:
 
 1. **Extraction** (cached): ``extract_samples`` labeled training crops are partitioned and,
-   for the texture model, encoded with the trained tokenizer. The arrays (``g_init [M,N,5]``,
-   ``labels [M]`` and ``tokens [M,N,5+C]``) are cached as one safetensors file whose name
-   hashes the data config, the sample count, the seed and the tokenizer file, so a
-   re-run (or a resumed run) reuses it. With several processes every process encodes its
-   share and the main process merges them.
+   for the texture model, encoded with the trained tokenizer into a token folder (the format
+   of ``gpstoken tokenize``, :mod:`gpstoken.shards`, read back with
+   :class:`gpstoken.TokenDataset`) whose name hashes the data config, the sample count, the
+   seed and the tokenizer file, so a re-run (or a resumed run) reuses it; with several
+   processes each writes its shards. The layout model's ``g_init [M,N,5]`` and ``labels [M]``
+   are cached as one safetensors file the same way. With ``tokens`` set, the arrays come
+   from that ``gpstoken tokenize --labeled`` folder instead.
 2. **Normalisation**: per-channel mean / std over all tokens. The texture target is
    ``[geometry - g_init, features]`` (21 channels for C=16), since generation adds ``g_init``
    back after de-normalisation (docs/algorithms.md section 6). The layout target is ``g_init``.
@@ -57,6 +59,8 @@ from ..hub import file_digest
 from ..models.configs import SIT_ARCHS, SiTConfig
 from ..models.sit import SiT
 from ..models.tokenizer import GPSTokenizer
+from ..shards import MANIFEST, build_manifest, shard_info, shard_name, write_shard
+from ..token_dataset import TokenDataset
 from .common import Run, RunConfig, architecture, lr_factor, set_lr
 from .data import CropDataset, make_loader, training_images
 from .ema import EMA
@@ -76,7 +80,9 @@ class GeneratorTrainConfig(RunConfig):
     condition noise in units of each geometry channel's std (texture). layout_from: a layout
     export to bundle into the texture export. class_names: override the data's class names.
     init_from: a safetensors generator to start from (``ema_model.`` / ``layout_model.``
-    prefixed keys or plain keys).
+    prefixed keys or plain keys). tokens: a ``gpstoken tokenize --labeled`` folder to train on
+    instead of extracting crops (``data`` is then not used; ``tokenizer`` defaults to the
+    folder's model).
     """
 
     model: Any = "SiT-XL/2-gs"
@@ -89,9 +95,12 @@ class GeneratorTrainConfig(RunConfig):
     layout_from: Optional[str] = None
     class_names: Optional[list[str]] = None
     init_from: Optional[str] = None
+    tokens: Optional[str] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.tokens is not None:
+            return
         if not self.data.labeled:
             raise ValueError("data.labeled: generator training needs class labels; set it to true")
         lo, hi = self.data.token_range
@@ -131,6 +140,11 @@ def extract(cfg: GeneratorTrainConfig, run: Run, with_tokens: bool) -> dict[str,
     if run.is_main:
         cache.mkdir(parents=True, exist_ok=True)
     run.accelerator.wait_for_everyone()
+    if with_tokens:
+        folder = cache / f"tokens-{key}"
+        if not (folder / MANIFEST).exists():
+            _extract_token_shards(cfg, run, folder, key)
+        return token_arrays(TokenDataset(folder), run)
     if not final.exists():
         n = cfg.extract_samples
         per = -(-n // run.world)
@@ -153,6 +167,56 @@ def extract(cfg: GeneratorTrainConfig, run: Run, with_tokens: bool) -> dict[str,
     return data
 
 
+#: crops per shard of the extraction's token folder
+EXTRACT_SHARD = 512
+
+
+def _extract_token_shards(cfg: GeneratorTrainConfig, run: Run, folder: Path, key: str) -> None:
+    """Encode the extraction crops into a token folder (:mod:`gpstoken.shards`, the format of
+    ``gpstoken tokenize``): shard ``s`` holds crops ``s*EXTRACT_SHARD ...``, process ``rank``
+    writes shards ``rank, rank + world, ...``; the main process writes the manifest."""
+    if run.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+    run.accelerator.wait_for_everyone()
+    n = cfg.extract_samples
+    n_shards = -(-n // EXTRACT_SHARD)
+    info = {"extraction": key, "tokenizer": cfg.tokenizer}
+    for s in range(run.rank, n_shards, run.world):
+        path = folder / shard_name(s)
+        if shard_info(path) is not None:
+            continue
+        lo, hi = s * EXTRACT_SHARD, min(n, (s + 1) * EXTRACT_SHARD)
+        part = _extract_range(cfg, run, lo, hi, True)
+        t = part["tokens"]
+        tensors = {"geometry": t[..., :GEOMETRY], "features": t[..., GEOMETRY:], "layout.geometry": part["g_init"],
+                   "layout.regions": part["regions"], "source_size": torch.full((len(t), 2), 256, dtype=torch.int64),
+                   "index": torch.arange(lo, hi, dtype=torch.int64), "label": part["labels"]}
+        write_shard(path, tensors, info, [f"crop {j}" for j in range(lo, hi)], [])
+    run.accelerator.wait_for_everyone()
+    if run.is_main:
+        _, classes = training_images(cfg.data)
+        build_manifest(folder, n_shards, {"model": cfg.tokenizer, "n_tokens": cfg.data.token_range[0],
+                                          "image_size": [256, 256], "classes": classes,
+                                          "preprocessing": "training crops of the generator config (DataConfig)",
+                                          "source": f"generator extraction {key}"})
+    run.accelerator.wait_for_everyone()
+
+
+def token_arrays(ds: TokenDataset, run: Optional[Run] = None) -> dict[str, torch.Tensor]:
+    """``g_init [M,N,5]``, ``labels [M]`` and ``tokens [M,N,5+C]`` of a token folder (all of it)."""
+    items = [ds[i] for i in range(len(ds))]
+    if not items:
+        raise ValueError(f"tokens: {ds.root} holds no tokens")
+    labels = torch.tensor([it["label"] for it in items], dtype=torch.long)
+    if int(labels.min()) < 0:
+        raise ValueError(f"tokens: {ds.root} has unlabeled images; tokenize a class-folder source with --labeled")
+    data = {"g_init": torch.stack([it["layout_geometry"] for it in items]), "labels": labels,
+            "tokens": torch.stack([torch.cat([it["geometry"], it["features"]], -1) for it in items])}
+    if run is not None:
+        run.log_text(f"{len(labels)} token samples from {ds.root}")
+    return data
+
+
 @torch.no_grad()
 def _extract_range(cfg: GeneratorTrainConfig, run: Run, lo: int, hi: int, with_tokens: bool) -> dict[str, torch.Tensor]:
     entries, _ = training_images(cfg.data)
@@ -164,6 +228,7 @@ def _extract_range(cfg: GeneratorTrainConfig, run: Run, lo: int, hi: int, with_t
     out: dict[str, list[torch.Tensor]] = {"g_init": [], "labels": []}
     if with_tokens:
         out["tokens"] = []
+        out["regions"] = []
     for batch in loader:
         out["g_init"].append(batch["g_init"])
         out["labels"].append(batch["label"])
@@ -172,11 +237,13 @@ def _extract_range(cfg: GeneratorTrainConfig, run: Run, lo: int, hi: int, with_t
                 t = model.encode(batch["image"].to(run.device), batch["g_init"].to(run.device),
                                  batch["regions"].to(run.device))
             out["tokens"].append(t.float().cpu())
+            out["regions"].append(batch["regions"])
     if not out["labels"]:
         c = GEOMETRY + (model.config.gps_c if model is not None else 0)
         empty = {"g_init": torch.zeros(0, n_tokens, GEOMETRY), "labels": torch.zeros(0, dtype=torch.long)}
         if with_tokens:
             empty["tokens"] = torch.zeros(0, n_tokens, c)
+            empty["regions"] = torch.zeros(0, n_tokens, 4)
         return empty
     return {k: torch.cat(v).contiguous() for k, v in out.items()}
 
@@ -201,9 +268,15 @@ class GeneratorTrainer:
         self.cfg, self.kind = cfg, kind
         self.run = Run(cfg, out, kind)
         dev = self.run.device
-        _, classes = training_images(cfg.data)
+        if cfg.tokens is not None:
+            ds = TokenDataset(cfg.tokens)
+            classes = ds.classes
+            cfg.tokenizer = cfg.tokenizer or ds.model
+            data = token_arrays(ds, self.run)
+        else:
+            _, classes = training_images(cfg.data)
+            data = extract(cfg, self.run, with_tokens=kind == "texture")
         self.class_names = list(cfg.class_names or classes)
-        data = extract(cfg, self.run, with_tokens=kind == "texture")
         self.g_init = data["g_init"].to(dev)
         self.labels = data["labels"].to(dev)
         n_tokens = self.g_init.shape[1]
