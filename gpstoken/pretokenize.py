@@ -36,11 +36,6 @@ def _check_int(value: Any, name: str, low: int) -> int:
     return value
 
 
-def model_digest(name_or_path: str) -> str:
-    """SHA-256 of the tokenizer checkpoint file ``name_or_path`` resolves to."""
-    return hub.file_digest(hub.resolve(name_or_path, "tokenizer").path)
-
-
 def check_token_count(n_tokens: Any, name: str = "--tokens") -> int:
     """``n_tokens`` as an int that the entropy partition can reach on a 256 patch."""
     n = _check_int(n_tokens, name, 1)
@@ -78,7 +73,8 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
     tok = load_tokenizer(model, device=dev, dtype="bfloat16" if dev.type == "cuda" else None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    header = {"model": tok.name, "model_sha256": model_digest(model), "n_tokens": n_tokens,
+    model_id, model_sha256 = hub.portable_id(tok)
+    header = {"model": model_id, "model_sha256": model_sha256, "n_tokens": n_tokens,
               "channels": tok.config.gps_c, "image_size": [size, size],
               "preprocessing": PREPROCESSING.format(size=size), "source": source.description,
               "source_images": len(source), "shard_size": shard_size, "classes": source.classes,
