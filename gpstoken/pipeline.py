@@ -160,10 +160,14 @@ class Tokenizer:
         """Write ``model.safetensors`` (weights + config metadata), ``config.json`` and a
         ``README.md`` model card into ``folder`` (created); :func:`load_tokenizer` reads it back
         from the folder or, once pushed, from ``"owner/repo"``. Returns the folder."""
+        return hub.save_folder(folder, *self._checkpoint_parts(),
+                               hub.model_card("tokenizer", self.name, _describe_tokenizer(self.config)))
+
+    def _checkpoint_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], str, dict[str, str]]:
+        """(state, config, kind, extra metadata) of a tokenizer checkpoint of this model."""
         state = {k: v.detach().float() for k, v in self.model.state_dict().items()}
         extra = {"decode_per_patch": "true"} if self.decode_per_patch else {}
-        return hub.save_folder(folder, state, self.config.to_dict(), "tokenizer", extra,
-                               hub.model_card("tokenizer", self.name, _describe_tokenizer(self.config)))
+        return state, self.config.to_dict(), "tokenizer", extra
 
     def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
                     commit_message: Optional[str] = None) -> str:
@@ -357,9 +361,8 @@ class Generator:
             tokenizer_ref = tok.resolved.spec.name
         else:
             tokenizer_ref = "tokenizer.safetensors"
-            state = {k: v.detach().float() for k, v in tok.model.state_dict().items()}
-            extra = {"decode_per_patch": "true"} if tok.decode_per_patch else {}
-            checkpoint.save_checkpoint(state, folder / tokenizer_ref, tok.config.to_dict(), "tokenizer", extra)
+            state, config, kind, extra = tok._checkpoint_parts()
+            checkpoint.save_checkpoint(state, folder / tokenizer_ref, config, kind, extra)
         state = {checkpoint.TEXTURE_PREFIX + k: v.detach().float() for k, v in self.texture.state_dict().items()}
         if self.layout_model is not None:
             state.update({checkpoint.LAYOUT_PREFIX + k: v.detach().float()
