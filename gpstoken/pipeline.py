@@ -160,14 +160,15 @@ class Tokenizer:
         """Write ``model.safetensors`` (weights + config metadata), ``config.json`` and a
         ``README.md`` model card into ``folder`` (created); :func:`load_tokenizer` reads it back
         from the folder or, once pushed, from ``"owner/repo"``. Returns the folder."""
-        return hub.save_folder(folder, *self._checkpoint_parts(),
+        state, config, extra = self._checkpoint_parts()
+        return hub.save_folder(folder, state, config, "tokenizer", extra,
                                hub.model_card("tokenizer", self.name, _describe_tokenizer(self.config)))
 
-    def _checkpoint_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], str, dict[str, str]]:
-        """(state, config, kind, extra metadata) of a tokenizer checkpoint of this model."""
+    def _checkpoint_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
+        """(state, config, extra metadata) of a tokenizer checkpoint of this model."""
         state = {k: v.detach().float() for k, v in self.model.state_dict().items()}
         extra = {"decode_per_patch": "true"} if self.decode_per_patch else {}
-        return state, self.config.to_dict(), "tokenizer", extra
+        return state, self.config.to_dict(), extra
 
     def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
                     commit_message: Optional[str] = None) -> str:
@@ -361,8 +362,8 @@ class Generator:
             tokenizer_ref = tok.resolved.spec.name
         else:
             tokenizer_ref = "tokenizer.safetensors"
-            state, config, kind, extra = tok._checkpoint_parts()
-            checkpoint.save_checkpoint(state, folder / tokenizer_ref, config, kind, extra)
+            tok_state, tok_config, tok_extra = tok._checkpoint_parts()
+            checkpoint.save_checkpoint(tok_state, folder / tokenizer_ref, tok_config, "tokenizer", tok_extra)
         state = {checkpoint.TEXTURE_PREFIX + k: v.detach().float() for k, v in self.texture.state_dict().items()}
         if self.layout_model is not None:
             state.update({checkpoint.LAYOUT_PREFIX + k: v.detach().float()
