@@ -40,8 +40,10 @@ from gpstoken.train.data import (  # noqa: E402
     folder_images,
     grid_shape,
     offline_images,
+    training_images,
     uniform_cells,
 )
+from gpstoken.train.crop_cache import CachedCrops, build_crop_cache  # noqa: E402
 from gpstoken.train.thumbnail import bicubic_thumbnail, thumbnail_side  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,6 +237,28 @@ def test_frozen_stem_time_checkpoints_and_export_on_save(one_image, tmp_path):
     assert (tmp_path / "frozen" / "export" / "tokenizer.safetensors").is_file()
     with pytest.raises(ValueError, match="freeze: 'encoder' names no parameter"):
         TokenizerTrainer(_tok_cfg(one_image, freeze=["encoder"]), tmp_path / "bad")
+
+
+def test_crop_cache_matches_the_crops_and_feeds_training(one_image, tmp_path):
+    cfg = _tok_cfg(one_image, {"init": "adaptive", "n_tokens": [16, 32], "random_crop": True, "hflip": True},
+                   max_steps=1)
+    path = build_crop_cache(cfg.data, tmp_path / "crops.safetensors", 3, [32, 16], seed=cfg.seed)
+    cached, live = CachedCrops(path), CropDataset(training_images(cfg.data)[0], cfg.data, cfg.seed)
+    assert cached.token_counts == [16, 32] and len(cached) == 3
+    for key in ((0, 16), (2, 32), (4, 16)):  # sample 4 reads crop 4 mod 3 = 1
+        a, b = cached[key], live[(key[0] % 3, key[1])]
+        for k in ("image", "g_init", "regions"):
+            assert torch.equal(a[k], b[k]), (key, k)
+    with pytest.raises(ValueError, match="n_tokens=64 is not cached"):
+        cached[(0, 64)]
+    with pytest.raises(ValueError, match="token_counts"):
+        build_crop_cache(cfg.data, tmp_path / "bad.safetensors", 3, [64])
+    with pytest.raises(ValueError, match="not a gpstoken crop cache"):
+        CachedCrops(export_tokenizer(GPSTokenizer(TokenizerConfig.from_dict(TINY_TOKENIZER)),
+                                     TokenizerConfig.from_dict(TINY_TOKENIZER), tmp_path / "tok.safetensors"))
+    cfg.data.cache = str(path)
+    summary = TokenizerTrainer(cfg, tmp_path / "run").train()
+    assert summary["step"] == 1 and summary["train"]["rec"] > 0
 
 
 # ----------------------------------------------------------------------------- generators

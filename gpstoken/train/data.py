@@ -82,6 +82,8 @@ class DataConfig:
     random_crop / hflip: random 256 crop (else centre crop) and random horizontal flip.
     weight / min_size: partition parameters (``gps_adaptive_w``, minimum cell side).
     num_workers: DataLoader worker processes (the partition runs there).
+    cache: a crop cache file (:mod:`gpstoken.train.crop_cache`) to read the tokenizer's
+    training crops and layouts from instead of cutting them (``None``: cut them on the fly).
     """
 
     source: str = "offline"
@@ -96,6 +98,7 @@ class DataConfig:
     min_size: int = 8
     num_workers: int = 2
     eval_crops_per_image: int = 4
+    cache: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.init not in ("adaptive", "uniform"):
@@ -328,16 +331,21 @@ def uniform_cells(n_tokens: int) -> list[tuple[int, int, int, int]]:
     return [(xs[c], ys[r], xs[c + 1] - 1, ys[r + 1] - 1) for r in range(rows) for c in range(cols)]
 
 
-def layout_arrays(image: torch.Tensor, n_tokens: int, init: str = "adaptive", weight: float = 2.5,
-                  min_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """``g_init [N,5]`` and ``regions [N,4]`` for one ``[3,256,256]`` patch in ``[-1,1]``."""
+def layout_cells(image: torch.Tensor, n_tokens: int, init: str = "adaptive", weight: float = 2.5,
+                 min_size: int = 8) -> np.ndarray:
+    """Inclusive pixel cells ``[N,4]`` (x0,y0,x1,y1) of one ``[3,256,256]`` patch in ``[-1,1]``:
+    its entropy partition (``init="adaptive"``) or the uniform grid."""
     from ..partition import grey_of, partition_patch
 
     if init == "uniform":
-        cells = np.asarray(uniform_cells(n_tokens), dtype=np.int64)
-    else:
-        cells = partition_patch(grey_of(image[None])[0], n_tokens, weight=weight, min_size=min_size)
-    g, r = cells_to_arrays(cells, PATCH, PATCH)
+        return np.asarray(uniform_cells(n_tokens), dtype=np.int64)
+    return np.asarray(partition_patch(grey_of(image[None])[0], n_tokens, weight=weight, min_size=min_size))
+
+
+def layout_arrays(image: torch.Tensor, n_tokens: int, init: str = "adaptive", weight: float = 2.5,
+                  min_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """``g_init [N,5]`` and ``regions [N,4]`` for one ``[3,256,256]`` patch in ``[-1,1]``."""
+    g, r = cells_to_arrays(layout_cells(image, n_tokens, init, weight, min_size), PATCH, PATCH)
     return torch.as_tensor(g, dtype=torch.float32), torch.as_tensor(r, dtype=torch.float32)
 
 
@@ -407,11 +415,15 @@ class CropDataset(Dataset):
         epoch, k = divmod(int(sample_id), len(self.labels))
         return int(self._permutation(epoch)[k])
 
+    def crop(self, sample_id: int) -> torch.Tensor:
+        """The ``[3,256,256]`` crop (in ``[-1,1]``) of sample ``sample_id``."""
+        rng = np.random.default_rng([self.seed, 2, int(sample_id)])
+        return make_crop(self.images.get(self.image_index(sample_id)), rng, self.cfg)
+
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         sample_id, n_tokens = key
         i = self.image_index(sample_id)
-        rng = np.random.default_rng([self.seed, 2, int(sample_id)])
-        image = make_crop(self.images.get(i), rng, self.cfg)
+        image = self.crop(sample_id)
         g, r = layout_arrays(image, n_tokens, self.cfg.init, self.cfg.weight, self.cfg.min_size)
         return {"image": image, "g_init": g, "regions": r, "label": torch.tensor(self.labels[i], dtype=torch.long)}
 

@@ -22,6 +22,7 @@ from ..metrics import psnr, ssim
 from ..models.configs import TOKENIZER_ARCHS, TokenizerConfig
 from ..models.tokenizer import GPSTokenizer
 from .common import Run, RunConfig, architecture, lr_factor, set_lr
+from .crop_cache import CachedCrops
 from .data import CropDataset, EvalDataset, StepBatchSampler, heldout_images, make_loader, training_images
 from .ema import EMA
 from .losses import (
@@ -163,9 +164,16 @@ class TokenizerTrainer:
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
         cfg, run = self.cfg, self.run
-        sampler = StepBatchSampler(cfg.batch_size, cfg.data.token_choices(), rank=run.rank, world=run.world,
+        dataset, choices = CropDataset(self.entries, cfg.data, cfg.seed), cfg.data.token_choices()
+        if cfg.data.cache:
+            dataset = CachedCrops(cfg.data.cache)
+            choices = [n for n in dataset.token_counts if n in choices]
+            if not choices:
+                raise ValueError(f"data.cache: {cfg.data.cache} caches token counts {dataset.token_counts}, "
+                                 f"none in data.n_tokens {cfg.data.n_tokens!r}")
+        sampler = StepBatchSampler(cfg.batch_size, choices, rank=run.rank, world=run.world,
                                    start=run.step * cfg.grad_accum, seed=cfg.seed)
-        loader = make_loader(CropDataset(self.entries, cfg.data, cfg.seed), sampler,
+        loader = make_loader(dataset, sampler,
                              num_workers=cfg.data.num_workers, pin_memory=run.device.type == "cuda")
         for batch in loader:
             yield _to_device(batch, run.device)
