@@ -5,15 +5,15 @@
 
 For each train config: one full step (forward, L1+L2 loss, backward, Adam) at ``--batch``
 images of 256x256 with 128-token layouts, as the trainer runs it (the config's
-``mixed_precision`` autocast and ``freeze``d parameters), best of ``--reps`` (seconds per
-step and images per second); then the forward+backward seconds (fp32, nothing frozen) of
-every part alone, on inputs of the shapes the step gives it: the encoder (stem, RoIAlign,
-transformer), the render, and each decoder stage (mid blocks, every level's res blocks,
-every upsample, the output head), with its share of their sum; and the data cost of one
-sample (a random multi-scale crop of an offline photo and its entropy partition), which a
-DataLoader worker pays in parallel. Weights are randomly initialised (speed does not depend
-on them). Prints one markdown table per config and the step speed-up of each config over the
-first.
+``mixed_precision`` autocast and ``freeze``d parameters), best of ``--reps``; the configs
+take turns, so a change in machine load affects all of them alike. One table: seconds per
+step and per image, and the speed-up over the first config. Then, for the first config's
+architecture: the forward+backward seconds (fp32, nothing frozen) of every part alone, on
+inputs of the shapes the step gives it (the encoder: stem, RoIAlign, transformer; the
+render; each decoder stage: mid blocks, every level's res blocks, every upsample, the output
+head), with its share of their sum; and the data cost of one sample (a random multi-scale
+crop of an offline photo and its entropy partition), which a DataLoader worker pays in
+parallel. Weights are randomly initialised (speed does not depend on them).
 """
 from __future__ import annotations
 
@@ -105,11 +105,11 @@ def decoder_stages(model: GPSTokenizer, feat: torch.Tensor) -> list[tuple[str, C
     return stages
 
 
-def bench_config(path: str, batch: int, n_tokens: int, reps: int) -> float:
+def make_step(path: str, batch: int, n_tokens: int) -> tuple[TokenizerTrainConfig, GPSTokenizer, Callable[[], None]]:
+    """The config, model and a closure running one training step as the trainer does."""
     cfg = TokenizerTrainConfig.from_json(path)
     torch.manual_seed(0)
     model = GPSTokenizer(cfg.tokenizer_config())
-    n_params = sum(p.numel() for p in model.parameters())
     frozen = freeze_parameters(model, cfg.freeze)
     opt = torch.optim.Adam([p for n, p in model.named_parameters() if n not in frozen], lr=1e-5)
     images, g, r = sample_batch(batch, n_tokens)
@@ -123,8 +123,14 @@ def bench_config(path: str, batch: int, n_tokens: int, reps: int) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    t_step = best_of(step, reps)
-    model.requires_grad_(True)
+    return cfg, model, step
+
+
+def breakdown(cfg: TokenizerTrainConfig, batch: int, n_tokens: int, reps: int) -> None:
+    """Print the fwd+bwd seconds of every part (fp32, nothing frozen) and the data cost."""
+    torch.manual_seed(0)
+    model = GPSTokenizer(cfg.tokenizer_config())
+    images, g, r = sample_batch(batch, n_tokens)
     data = CropDataset(training_images(cfg.data)[0], cfg.data, cfg.seed)
     t = time.perf_counter()
     for i in range(DATA_SAMPLES):  # distinct photos: each is decoded, as a worker's first time
@@ -138,15 +144,11 @@ def bench_config(path: str, batch: int, n_tokens: int, reps: int) -> float:
     parts += decoder_stages(model, feat)
     timed = [(name, best_of(fn, reps)) for name, fn in parts]
     total = sum(t for _, t in timed)
-    print(f"\n### {path}: {n_params / 1e6:.2f}M parameters, batch {batch}, {n_tokens} tokens\n")
-    print(f"full step (fwd + bwd + Adam, {cfg.mixed_precision} autocast, frozen: {list(cfg.freeze) or 'none'}): "
-          f"**{t_step:.2f} s** = {t_step / batch:.2f} s/image, {batch / t_step:.2f} images/s; "
-          f"data: {t_data:.3f} s/sample ({cfg.data.init} layout, one worker)\n")
-    print("| part (fwd + bwd) | seconds | share |")
+    print(f"\ndata: {t_data:.3f} s per sample ({cfg.data.init} layout, crop of a freshly decoded photo, one worker)\n")
+    print(f"| part (fwd + bwd, fp32, batch {batch}) | seconds | share |")
     print("|---|---|---|")
     for name, t in timed:
         print(f"| {name} | {t:.3f} | {100 * t / total:.0f}% |")
-    return t_step
 
 
 def main() -> None:
@@ -156,13 +158,26 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-parts", action="store_true", help="only the full steps")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    steps = [bench_config(c, a.batch, a.tokens, a.reps) for c in a.configs]
-    if len(steps) > 1:
-        print("\n| config | s/step | speed-up vs first |\n|---|---|---|")
-        for c, t in zip(a.configs, steps):
-            print(f"| {c} | {t:.2f} | {steps[0] / t:.1f}x |")
+    runs = [make_step(c, a.batch, a.tokens) for c in a.configs]
+    best = [float("inf")] * len(runs)
+    for rep in range(a.reps + 1):  # configs interleaved, so a change in machine load hits all alike
+        for i, (_, _, step) in enumerate(runs):
+            t = time.perf_counter()
+            step()
+            if rep:  # rep 0 warms up
+                best[i] = min(best[i], time.perf_counter() - t)
+    print(f"| config | params | autocast | frozen | s/step (batch {a.batch}, {a.tokens} tokens) | s/image | "
+          f"speed-up vs first |")
+    print("|---|---|---|---|---|---|---|")
+    for c, (cfg, model, _), t in zip(a.configs, runs, best):
+        n = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"| {c} | {n:.2f}M | {cfg.mixed_precision} | {', '.join(cfg.freeze) or '-'} | {t:.2f} | "
+              f"{t / a.batch:.2f} | {best[0] / t:.2f}x |")
+    if not a.no_parts:
+        breakdown(runs[0][0], a.batch, a.tokens, a.reps)
 
 
 if __name__ == "__main__":
