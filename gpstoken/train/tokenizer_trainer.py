@@ -22,7 +22,6 @@ from ..metrics import psnr, ssim
 from ..models.configs import TOKENIZER_ARCHS, TokenizerConfig
 from ..models.tokenizer import GPSTokenizer
 from .common import Run, RunConfig, architecture, lr_factor, set_lr
-from .crop_cache import CachedCrops
 from .data import CropDataset, EvalDataset, StepBatchSampler, heldout_images, make_loader, training_images
 from .ema import EMA
 from .losses import (
@@ -166,6 +165,8 @@ class TokenizerTrainer:
         cfg, run = self.cfg, self.run
         dataset, choices = CropDataset(self.entries, cfg.data, cfg.seed), cfg.data.token_choices()
         if cfg.data.cache:
+            from .crop_cache import CachedCrops  # imported here: `python -m gpstoken.train.crop_cache` runs it
+
             dataset = CachedCrops(cfg.data.cache)
             choices = [n for n in dataset.token_counts if n in choices]
             if not choices:
