@@ -64,7 +64,7 @@ def build_crop_cache(cfg: DataConfig, path: str | os.PathLike, samples: int, tok
     """Write ``samples`` training crops of ``cfg`` (seed ``seed``) with their layouts at each
     of ``token_counts`` to ``path`` (see the module docstring). Uses ``cfg.num_workers``
     DataLoader workers. Returns the path."""
-    from ..hub import _atomic_save
+    from ..checkpoint import atomic_save
 
     if samples < 1:
         raise ValueError(f"samples: must be >= 1, got {samples}")
@@ -84,7 +84,7 @@ def build_crop_cache(cfg: DataConfig, path: str | os.PathLike, samples: int, tok
             parts.setdefault(k, []).append(v)
     tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
     meta = {"format_version": FORMAT_VERSION, "token_counts": counts, "seed": seed, "data": cfg.to_dict()}
-    return _atomic_save(tensors, path, {"crop_cache": json.dumps(meta)})
+    return atomic_save(tensors, path, {"crop_cache": json.dumps(meta)})
 
 
 class CachedCrops(Dataset):
