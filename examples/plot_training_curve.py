@@ -58,7 +58,7 @@ def main() -> None:
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(a.title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     a.png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.png)
