@@ -34,6 +34,7 @@ from gpstoken.train import (  # noqa: E402
     TokenizerTrainer,
     export_tokenizer,
 )
+from gpstoken.train.crop_cache import CachedCrops, build_crop_cache  # noqa: E402
 from gpstoken.train.data import (  # noqa: E402
     CropDataset,
     StepBatchSampler,
@@ -43,7 +44,6 @@ from gpstoken.train.data import (  # noqa: E402
     training_images,
     uniform_cells,
 )
-from gpstoken.train.crop_cache import CachedCrops, build_crop_cache  # noqa: E402
 from gpstoken.train.thumbnail import bicubic_thumbnail, thumbnail_side  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
