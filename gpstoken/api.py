@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+from . import validate
 from .layout import Layout
 from .layout import calibrate as _calibrate
 from .partition import partition
@@ -54,25 +55,32 @@ def edit_layout(image_or_layout: ImageLike | Layout, *, n_tokens: Optional[int] 
     """Build or edit a token layout.
 
     image_or_layout: an image (it is partitioned with ``n_tokens`` per patch, default the
-    model's) or an existing :class:`Layout`. priority: a mask (HxW bool/float) or a list of
-    pixel boxes (x0, y0, x1, y1) that get more tokens (needs an image). remove: token indices
-    to drop; move: {index: (x, y)} new centres in pixels; add: pixel boxes (x0, y0, x1, y1) of
-    new Gaussians. calibrate: snap the result to valid partition cells (docs/algorithms.md section 7).
-    Operations apply in the order remove, move, add.
+    model's) or an existing :class:`Layout`. priority: a mask (HxW bool/float in [0, 1]) or a
+    list of pixel boxes (x0, y0, x1, y1) that get more tokens (needs an image). remove: token
+    indices to drop; move: ``{index: (x, y)}`` new centres in image pixels (a token stays in
+    its 256 patch); add: pixel boxes (x0, y0, x1, y1) of new Gaussians. calibrate: snap the
+    result to valid partition cells (docs/algorithms.md section 7). Operations apply in the
+    order remove, move, add; ``move`` indices refer to the layout after ``remove``.
+    Returns a :class:`Layout`.
     """
+    calibrate = validate.flag(calibrate, "calibrate")
+    indices, centres = validate.moves(move) if move is not None else ([], [])
     if isinstance(image_or_layout, Layout):
         if priority is not None:
             raise ValueError("priority: needs the image, not a Layout; call edit_layout(image, priority=...)")
         layout = image_or_layout
+        if n_tokens is not None and n_tokens != layout.n_tokens:
+            raise ValueError(f"n_tokens: {n_tokens} disagrees with the layout's {layout.n_tokens} tokens per patch; "
+                             "leave it out when editing a Layout")
     else:
         if n_tokens is None:
             n_tokens = _tokenizer(model).config.gps_num
         layout = partition(image_or_layout, n_tokens, priority=priority)
-    if remove:
+    if remove is not None:
         layout = layout.remove(remove)
-    if move:
-        layout = layout.move(list(move), list(move.values()))
-    if add:
+    if indices:
+        layout = layout.move(indices, centres)
+    if add is not None:
         layout = layout.add(add)
     return _calibrate(layout) if calibrate else layout
 

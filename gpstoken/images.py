@@ -2,10 +2,16 @@
 
 The model convention is ``float32 [B,3,H,W]`` RGB in ``[-1, 1]``. Accepted inputs:
 
-* ``PIL.Image.Image`` (any mode, converted to RGB);
-* ``numpy.ndarray`` ``[H,W,3]`` (or ``[H,W]`` grey), ``uint8`` in ``[0,255]`` or float in ``[0,1]``;
-* ``torch.Tensor`` ``[3,H,W]`` or ``[B,3,H,W]`` float in ``[-1,1]``;
+* ``PIL.Image.Image`` (any mode: 8-bit modes converted to RGB, 16-bit grey ``I;16``/``I``
+  read as ``[0,65535]``, float grey ``F`` as ``[0,1]`` or ``[0,255]``);
+* ``numpy.ndarray`` ``[H,W,3]`` (or ``[H,W]`` grey), ``uint8`` in ``[0,255]``, ``uint16`` in
+  ``[0,65535]`` or float in ``[0,1]``;
+* ``torch.Tensor`` ``[3,H,W]`` or ``[B,3,H,W]`` float in ``[-1,1]`` (``requires_grad`` is
+  fine: the input is detached); ``[0,1]``, ``[0,255]`` and channels-last tensors are refused
+  with the fix;
 * a non-empty list of the above, all of the same size.
+
+The checks are :func:`gpstoken.validate.image_tensor` and :func:`gpstoken.validate.numpy_image`.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import validate
 from .geometry import PATCH, patch_grid, split_patches
 
 MIN_SIDE = 32
@@ -30,47 +37,29 @@ class ImageKind:
     numpy_dtype: Any = None
 
 
-def _from_pil(img: Image.Image) -> torch.Tensor:
-    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return _from_numpy(arr, "image")
+#: PIL modes holding one channel of 16-bit integers ([0, 65535]); "I" is how PIL opens 16-bit PNGs
+_PIL_16BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def _from_numpy(arr: np.ndarray, name: str) -> torch.Tensor:
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(
-            f"{name}: numpy image must be [H,W,3] (or [H,W] grey), got shape {tuple(arr.shape)}"
-        )
-    arr = arr[:, :, :3]
-    if arr.dtype == np.uint8:
-        x = torch.from_numpy(arr.astype(np.float64) / 127.5 - 1.0)
-    elif np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{name}: numpy image contains NaN or Inf values")
-        if arr.min() < 0.0 or arr.max() > 1.0:
-            raise ValueError(
-                f"{name}: float numpy image must lie in [0, 1], got range "
-                f"[{arr.min():.3g}, {arr.max():.3g}]; pass uint8 for [0, 255] data"
-            )
-        x = torch.from_numpy(arr.astype(np.float64) * 2.0 - 1.0)
-    else:
-        raise TypeError(f"{name}: numpy image dtype must be uint8 or float, got {arr.dtype}")
-    return x.permute(2, 0, 1).float().contiguous()
+def _from_pil(img: Image.Image, name: str) -> torch.Tensor:
+    """PIL image of any mode -> ``float32 [3,H,W]`` in [-1,1].
 
-
-def _check_tensor(x: torch.Tensor, name: str) -> torch.Tensor:
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(
-            f"{name}: tensor image must be [3,H,W] or [B,3,H,W] RGB, got shape {tuple(x.shape)}"
-        )
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: tensor image must be float in [-1, 1], got dtype {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name}: tensor image contains NaN or Inf values")
-    return x
+    8-bit modes go through ``convert("RGB")``. 16-bit grey (``I;16*``, and ``I`` as PIL opens
+    16-bit PNGs) is read as [0, 65535]; float grey (``F``) as [0, 1] when its values lie there,
+    else as [0, 255] (PIL's own convention for ``F``).
+    """
+    if img.mode in _PIL_16BIT:
+        arr = np.asarray(img).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"{name}: PIL image of mode {img.mode} has values in [{arr.min()}, {arr.max()}]; "
+                             "integer images must lie in [0, 65535] (16 bit)")
+        return validate.numpy_image(arr.astype(np.uint16), name)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.size and np.isfinite(arr).all() and arr.max() > 1.0 and arr.min() >= 0.0 and arr.max() <= 255.0:
+            arr = arr / 255.0
+        return validate.numpy_image(arr, name)
+    return validate.numpy_image(np.asarray(img.convert("RGB"), dtype=np.uint8), name)
 
 
 def to_tensor(image: Any, name: str = "image") -> tuple[torch.Tensor, ImageKind]:
@@ -90,12 +79,12 @@ def to_tensor(image: Any, name: str = "image") -> tuple[torch.Tensor, ImageKind]
         first = parts[0][1]
         return torch.cat([p for p, _ in parts]), ImageKind(first.kind, True, first.numpy_dtype)
     if isinstance(image, Image.Image):
-        x, kind = _from_pil(image).unsqueeze(0), ImageKind("pil", False)
+        x, kind = _from_pil(image, name).unsqueeze(0), ImageKind("pil", False)
     elif isinstance(image, np.ndarray):
-        x, kind = _from_numpy(image, name).unsqueeze(0), ImageKind("numpy", False, image.dtype)
+        x, kind = validate.numpy_image(image, name).unsqueeze(0), ImageKind("numpy", False, image.dtype)
     elif isinstance(image, torch.Tensor):
         kind = ImageKind("tensor", image.ndim == 4)
-        x = _check_tensor(image, name)
+        x = validate.image_tensor(image, name)
     else:
         raise TypeError(
             f"{name}: expected a PIL image, numpy array, torch tensor or a list of them, "
@@ -118,6 +107,9 @@ def from_tensor(x: torch.Tensor, kind: ImageKind) -> Any:
         out = [Image.fromarray(a) for a in arr]
     elif kind.numpy_dtype is not None and np.issubdtype(kind.numpy_dtype, np.floating):
         out = [(((x[i].cpu() + 1) / 2).permute(1, 2, 0).numpy()).astype(kind.numpy_dtype) for i in range(len(x))]
+    elif kind.numpy_dtype == np.uint16:
+        wide = ((x.cpu().double() + 1) * 32767.5).round().clamp(0, 65535).permute(0, 2, 3, 1).numpy()
+        out = list(wide.astype(np.uint16))
     else:
         out = list(arr)
     return out if kind.batched else out[0]

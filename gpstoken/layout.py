@@ -29,15 +29,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from . import validate
 from .geometry import (
     GEOMETRY,
     LAST,
     PATCH,
-    REGION,
     cell_extent,
     geometry_from_cells,
     image_pixel_to_patch,
-    patch_grid,
     regions_from_geometry,
     to_norm,
     to_patch_frame,
@@ -52,27 +51,6 @@ _SIGMA2_COLOUR = (255, 190, 0)
 _GREY = (128, 128, 128)
 
 
-def _check_tensor(x: Any, name: str, last: int) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"Layout.{name}: expected a torch.Tensor [B,N,{last}], got {type(x).__name__}")
-    if x.ndim != 3 or x.shape[-1] != last:
-        raise ValueError(f"Layout.{name}: expected shape [B,N,{last}], got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"Layout.{name}: expected a float tensor, got dtype {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"Layout.{name}: contains NaN or Inf values")
-    return x.float()
-
-
-def _check_size(value: Any, name: str) -> tuple[int, int]:
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-        or min(value) < 1
-    ):
-        raise ValueError(f"{name}: expected a pair of positive ints (H, W), got {value!r}")
-    return int(value[0]), int(value[1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,13 +59,16 @@ class Layout:
 
     Attributes:
         geometry: float32 ``[B,N,5]`` ``(sigma_x, sigma_y, rho, mu_x, mu_y)``, sigma > 0,
-            ``|rho| < 1``, per-patch frames, patch-major.
-        regions: float32 ``[B,N,4]`` ``(x0, y0, x1, y1)`` normalised inclusive cell ranges.
+            ``|rho| < 1``, mu in ``[-1, 1]``, per-patch frames, patch-major.
+        regions: float32 ``[B,N,4]`` ``(x0, y0, x1, y1)`` normalised inclusive cell ranges,
+            in ``[-1, 1]`` (not pixels: :meth:`from_cells` converts pixel cells).
         image_size: ``(H, W)`` of the original (unpadded) image.
         grid: ``(k, m)`` 256-patches covering the image; derived from ``image_size`` when
             omitted and must equal ``geometry.patch_grid(H, W)``.
 
-    Float tensors of another float dtype are converted to float32.
+    Float tensors of another float dtype are converted to float32. Construction checks all of
+    this (:func:`gpstoken.validate.layout_tensors`) and raises ValueError/TypeError naming the
+    field (and the first bad token).
     """
 
     geometry: torch.Tensor
@@ -96,35 +77,8 @@ class Layout:
     grid: tuple[int, int] = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        geometry = _check_tensor(self.geometry, "geometry", GEOMETRY)
-        regions = _check_tensor(self.regions, "regions", REGION)
-        if geometry.shape[:2] != regions.shape[:2]:
-            raise ValueError(
-                f"Layout: geometry {tuple(geometry.shape)} and regions {tuple(regions.shape)} "
-                "must have the same [B,N]"
-            )
-        if geometry.device != regions.device:
-            raise ValueError(f"Layout: geometry on {geometry.device} but regions on {regions.device}")
-        image_size = _check_size(self.image_size, "Layout.image_size")
-        expected = patch_grid(*image_size)
-        grid = expected if self.grid is None else _check_size(self.grid, "Layout.grid")
-        if grid != expected:
-            raise ValueError(
-                f"Layout.grid: an image of size {image_size} is cut into {expected} patches of "
-                f"{PATCH}, got grid {grid}"
-            )
-        b, n = geometry.shape[:2]
-        if b == 0 or n == 0 or n % (grid[0] * grid[1]):
-            raise ValueError(
-                f"Layout: N={n} tokens (B={b}) must be a positive multiple of the {grid[0] * grid[1]} "
-                f"patches of grid {grid} (the same number of tokens in every patch)"
-            )
-        if not (geometry[..., :2] > 0).all():
-            raise ValueError("Layout.geometry: sigma_x and sigma_y (columns 0, 1) must be > 0")
-        if not (geometry[..., 2].abs() < 1).all():
-            raise ValueError("Layout.geometry: rho (column 2) must lie in (-1, 1)")
-        if not ((regions[..., 0] <= regions[..., 2]).all() and (regions[..., 1] <= regions[..., 3]).all()):
-            raise ValueError("Layout.regions: each region must have x0 <= x1 and y0 <= y1")
+        geometry, regions, image_size, grid = validate.layout_tensors(
+            self.geometry, self.regions, self.image_size, self.grid)
         object.__setattr__(self, "geometry", geometry)
         object.__setattr__(self, "regions", regions)
         object.__setattr__(self, "image_size", image_size)

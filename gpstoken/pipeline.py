@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import checkpoint, hub
+from . import checkpoint, hub, validate
 from . import images as _images
 from .checkpoint import GeneratorConfig
 from .geometry import GEOMETRY, PATCH, REGION, regions_from_geometry, split_patches
@@ -312,8 +312,9 @@ class Generator:
         [0, 1]) default to :attr:`sampling` (the official generator: 1.5, 250, "sde", (0.2, 1)).
         """
         class_id = self.class_index(class_id)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: must be a positive int, got {n!r}")
+        n = validate.integer(n, "n", low=1)
+        seed = validate.integer(seed, "seed", low=0, high=2**63 - 1) if seed is not None else None
+        progress = validate.flag(progress, "progress")
         d = self.sampling
         cfg_scale = d.cfg_scale if cfg_scale is None else cfg_scale
         steps = d.steps if steps is None else steps
@@ -321,7 +322,7 @@ class Generator:
         guidance_interval = d.guidance_interval if guidance_interval is None else guidance_interval
         check_sampling(steps, sampler, cfg_scale, guidance_interval)
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         if layout is None:
             layout = self.sample_layout(class_id, n, generator=gen, progress=False)
         else:

@@ -17,17 +17,16 @@ Three implementations of the same formula:
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 
+from . import validate
 from .geometry import GEOMETRY, pixel_coords
 from .kernels._torch_impl import CulledRender, device_pixel_coords
 from .kernels._torch_impl import pixel_bounds as pixel_bounds  # public here (tests, users)
 
 BACKENDS = ("auto", "torch", "triton", "dense")
-_FIELDS = ("sigma_x", "sigma_y", "rho", "mu_x", "mu_y")
 
 
 def render_dense(
@@ -85,68 +84,6 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _check_inputs(geometry: torch.Tensor, features: torch.Tensor, size, support: float) -> tuple[int, int]:
-    """Validate shapes, size, support and values; return (h, w). Raises ValueError."""
-    if not isinstance(geometry, torch.Tensor) or not isinstance(features, torch.Tensor):
-        raise ValueError("render: geometry and features must be torch tensors")
-    if geometry.dim() != 3 or geometry.shape[-1] != GEOMETRY:
-        raise ValueError(f"render: geometry must be [B,N,5], got {list(geometry.shape)}")
-    if features.dim() != 3 or features.shape[:2] != geometry.shape[:2]:
-        raise ValueError(
-            f"render: features must be [B,N,C] with geometry's [B,N]={list(geometry.shape[:2])}, "
-            f"got {list(features.shape)}"
-        )
-    if not (geometry.is_floating_point() and features.is_floating_point()):
-        raise ValueError(f"render: inputs must be floating point, got {geometry.dtype} and {features.dtype}")
-    if geometry.device != features.device:
-        raise ValueError(f"render: geometry on {geometry.device} but features on {features.device}")
-    try:
-        h, w = (int(s) for s in size)
-        if (h, w) != tuple(size):
-            raise TypeError
-    except (TypeError, ValueError):
-        raise ValueError(f"render: size must be a pair of ints (h, w), got {size!r}") from None
-    if h < 2 or w < 2:
-        raise ValueError(f"render: size must be at least 2x2 (pixel centres span [-1, 1]), got {(h, w)}")
-    if not (isinstance(support, (int, float)) and support > 0 and not math.isnan(support)):
-        raise ValueError(f"render: support must be a positive number (inf = no cut-off), got {support!r}")
-    g, f = geometry.detach(), features.detach()
-    ok = torch.isfinite(g).all(-1) & torch.isfinite(f).all(-1) & (g[..., 2].abs() < 1)
-    ok &= (g[..., :2] > 0).all(-1)  # [B,N]
-    if not bool(ok.all()):  # the only host sync of the check
-        _raise_bad_token(g, f)
-    return h, w
-
-
-def _raise_bad_token(g: torch.Tensor, f: torch.Tensor):
-    """Raise the ValueError naming the first invalid token (b, n) and field."""
-    bad_geo = ~torch.isfinite(g).all(-1) | (g[..., 0] <= 0) | (g[..., 1] <= 0) | (g[..., 2].abs() >= 1)
-    bad_feat = ~torch.isfinite(f).all(-1)
-    n_bad = int((bad_geo | bad_feat).sum())
-    if bool(bad_geo.any()):
-        b, n = (int(i) for i in bad_geo.nonzero()[0])
-        vals = g[b, n].tolist()
-        for k, (name, val) in enumerate(zip(_FIELDS, vals)):
-            if not math.isfinite(val):
-                why = "is not finite"
-            elif k < 2 and val <= 0:
-                why = "must be > 0"
-            elif k == 2 and abs(val) >= 1:
-                why = "must satisfy |rho| < 1"
-            else:
-                continue
-            raise ValueError(
-                f"render: token (b={b}, n={n}) has {name}={val!r}, which {why} "
-                f"({n_bad} invalid token(s) in total)"
-            )
-    b, n = (int(i) for i in bad_feat.nonzero()[0])
-    c = int((~torch.isfinite(f[b, n])).nonzero()[0])
-    raise ValueError(
-        f"render: token (b={b}, n={n}) has non-finite feature {c} = {f[b, n, c].item()!r} "
-        f"({n_bad} invalid token(s) in total)"
-    )
-
-
 def render(
     geometry: torch.Tensor,
     features: torch.Tensor,
@@ -177,14 +114,32 @@ def render(
         The culled and Triton paths are once-differentiable (no double backward).
 
     Raises:
-        ValueError: wrong shapes, dtypes, devices, size or support, or an invalid token; the
-            message names the first bad token (b, n) and field. Values are checked with one
-            fused reduction (one host sync), so no NaN is ever produced silently.
+        ValueError: wrong shapes, dtypes, devices, size, support or backend, or an invalid
+            token; the message names the first bad token (b, n) and field. Values are checked
+            by :func:`gpstoken.validate.render_inputs` with one fused reduction (one host
+            sync), so no NaN is ever produced silently. Models call :func:`splat` instead.
+    """
+    h, w = validate.render_inputs(geometry, features, size, support)
+    return splat(geometry, features, (h, w), support=float(support), backend=backend)
+
+
+def splat(
+    geometry: torch.Tensor,
+    features: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    support: float = 3.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`render` without the value checks: for models, which trust their inputs.
+
+    Same arguments and result as :func:`render`; invalid tokens (sigma <= 0, ``|rho| >= 1``,
+    NaN) give NaN or garbage instead of an error. No host sync on the torch/Triton paths'
+    entry, so it may run every training step.
     """
     if backend not in BACKENDS:
         raise ValueError(f"render: backend must be one of {BACKENDS}, got {backend!r}")
-    h, w = _check_inputs(geometry, features, size, support)
-    support = float(support)
+    h, w = size
     wide = torch.float64 in (geometry.dtype, features.dtype)
     if backend == "auto":
         backend = "triton" if geometry.is_cuda and not wide else "torch"

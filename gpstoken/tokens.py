@@ -24,6 +24,7 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import validate
 from .geometry import GEOMETRY
 from .images import ImageKind
 from .layout import Layout, draw_gaussians
@@ -41,12 +42,15 @@ class GPSTokens:
         geometry: float32 ``[B,N,5]`` refined ``(sigma_x, sigma_y, rho, mu_x, mu_y)``,
             sigma in ``(0,1)``, rho and mu in ``(-1,1)``; per-patch frames, patch-major
             (the same order and frames as ``layout``).
-        features: float ``[B,N,C]`` texture features.
+        features: float ``[B,N,C]`` texture features, finite.
         image_size: ``(H, W)`` of the original image (equals ``layout.image_size``).
         layout: the :class:`~gpstoken.layout.Layout` the tokens were encoded from.
         model: id of the tokenizer that produced them (registry name or path).
         source: the kind of image that was encoded (``decode`` returns that kind); None for
             tokens without one (e.g. loaded from a file): they decode to PIL images.
+
+    Construction checks shapes, dtypes, devices and values (finite, sigma > 0, ``|rho| < 1``;
+    :func:`gpstoken.validate.token_tensors`) and raises ValueError/TypeError naming the field.
     """
 
     geometry: torch.Tensor
@@ -59,20 +63,7 @@ class GPSTokens:
     def __post_init__(self) -> None:
         if not isinstance(self.layout, Layout):
             raise TypeError(f"GPSTokens.layout: expected a Layout, got {type(self.layout).__name__}")
-        for name, t in (("geometry", self.geometry), ("features", self.features)):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"GPSTokens.{name}: expected a torch.Tensor, got {type(t).__name__}")
-            if t.ndim != 3 or not t.is_floating_point():
-                raise ValueError(f"GPSTokens.{name}: expected a float tensor [B,N,*], got {t.dtype} {tuple(t.shape)}")
-        want = tuple(self.layout.geometry.shape)
-        if tuple(self.geometry.shape) != want:
-            raise ValueError(f"GPSTokens.geometry: expected shape {want} (as the layout), got {tuple(self.geometry.shape)}")
-        if tuple(self.features.shape[:2]) != want[:2] or self.features.shape[2] == 0:
-            raise ValueError(
-                f"GPSTokens.features: expected shape [{want[0]},{want[1]},C] with C >= 1, got {tuple(self.features.shape)}"
-            )
-        if self.geometry.device != self.features.device:
-            raise ValueError(f"GPSTokens: geometry on {self.geometry.device} but features on {self.features.device}")
+        validate.token_tensors(self.geometry, self.features, tuple(self.layout.geometry.shape))
         size = tuple(self.image_size) if isinstance(self.image_size, (tuple, list)) else self.image_size
         if size != self.layout.image_size:
             raise ValueError(f"GPSTokens.image_size: {self.image_size!r} differs from the layout's {self.layout.image_size}")

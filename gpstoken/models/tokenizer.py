@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..geometry import GEOMETRY, PATCH, Grid, check_grid, join_patches, merge_patch_tokens
-from ..render import render as render_gaussians
+from ..render import splat
 from .configs import TokenizerConfig
 from .decoder import NUM_GROUPS, Decoder
 from .roi_align import roi_align
@@ -204,7 +204,7 @@ class GPSTokenizer(nn.Module):
         k, m = self._check_tokens(tokens, grid)
         merged = merge_patch_tokens(tokens, (k, m)) if (k, m) != (1, 1) else tokens
         size = (self.config.gps_rs[0] * k, self.config.gps_rs[1] * m)
-        return render_gaussians(
+        return splat(
             merged[..., :GEOMETRY], merged[..., GEOMETRY:], size=size, support=self.config.gps_dmax
         )
 
