@@ -165,7 +165,7 @@ class Layout:
 
     def _indices(self, indices: Any, what: str) -> torch.Tensor:
         n = self.total_tokens
-        idx = torch.as_tensor(indices).reshape(-1)
+        idx = validate.as_tensor(indices, what, "integer token indices or a boolean mask").reshape(-1)
         if idx.dtype == torch.bool:
             if idx.numel() != n:
                 raise ValueError(f"{what}: a boolean mask needs {n} entries, got {idx.numel()}")
@@ -182,17 +182,19 @@ class Layout:
         For a single patch the given order is kept. For a grid of patches the kept tokens are
         regrouped patch-major (stable) and every patch must keep the same number of tokens.
         """
-        idx = self._indices(indices, "select")
+        return self._select(self._indices(indices, "select"), "select")
+
+    def _select(self, idx: torch.Tensor, what: str) -> "Layout":
         if idx.numel() == 0:
-            raise ValueError("select: at least one token per patch must remain")
+            raise ValueError(f"{what}: at least one token per patch must remain")
         return self._regroup(self.geometry[:, idx.to(self.device)], self.regions[:, idx.to(self.device)],
-                             self._patch_of(idx), "select")
+                             self._patch_of(idx), what)
 
     def remove(self, indices: Any) -> "Layout":
         """Drop tokens ``indices`` (ints into the N axis, or a bool mask ``[N]``) in every image."""
         keep = torch.ones(self.total_tokens, dtype=torch.bool)
         keep[self._indices(indices, "remove")] = False
-        return self.select(keep)
+        return self._select(keep.nonzero().reshape(-1), "remove")
 
     def add(self, boxes: Any = None, *, gaussians: Any = None) -> "Layout":
         """Append user-placed tokens (the same ones to every image of the batch).
@@ -225,9 +227,7 @@ class Layout:
         return self._regroup(geometry, regions, torch.cat([old_patch, *patch]), "add")
 
     def _boxes_to_tokens(self, boxes: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        bx = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4) if len(boxes) else None
-        if bx is None or not torch.isfinite(bx).all():
-            raise ValueError("add: boxes must be a non-empty list of finite (x0, y0, x1, y1) pixel boxes")
+        bx = validate.as_rows(boxes, "add", 4, "(x0, y0, x1, y1) pixel boxes")
         h, w = self.image_size
         x0, y0, x1, y1 = bx.unbind(-1)
         bad = (x0 < 0) | (y0 < 0) | (x1 > w - 1) | (y1 > h - 1) | (x1 <= x0) | (y1 <= y0)
@@ -244,9 +244,7 @@ class Layout:
         return g, r, patch
 
     def _gaussians_to_tokens(self, gaussians: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        g = torch.as_tensor(gaussians, dtype=torch.float64).reshape(-1, GEOMETRY)
-        if g.numel() == 0 or not torch.isfinite(g).all():
-            raise ValueError("add: gaussians must be a non-empty finite [M,5] array")
+        g = validate.as_rows(gaussians, "add: gaussians", GEOMETRY, "(sigma_x, sigma_y, rho, mu_x, mu_y) rows")
         if not ((g[:, :2] > 0).all() and (g[:, 2].abs() < 1).all()):
             raise ValueError("add: gaussians need sigma_x, sigma_y > 0 and |rho| < 1")
         local, patch = to_patch_frame(g, self.grid)
@@ -260,9 +258,9 @@ class Layout:
         and clipped to the patch.
         """
         idx = self._indices(indices, "move")
-        c = torch.as_tensor(centres, dtype=torch.float64).reshape(-1, 2)
-        if c.shape[0] != idx.numel() or not torch.isfinite(c).all():
-            raise ValueError(f"move: need one finite (x, y) centre per index, got {c.shape[0]} for {idx.numel()}")
+        c = validate.as_rows(centres, "move", 2, "(x, y) pixel centres")
+        if c.shape[0] != idx.numel():
+            raise ValueError(f"move: need one (x, y) centre per index, got {c.shape[0]} for {idx.numel()}")
         patch = self._patch_of(idx)
         row, col = patch // self.grid[1], patch % self.grid[1]
         lx, ly = c[:, 0] - col * PATCH, c[:, 1] - row * PATCH

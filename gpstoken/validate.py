@@ -86,6 +86,29 @@ def moves(value: Any, name: str = "move") -> tuple[list[int], list[tuple[float, 
     return indices, centres
 
 
+def as_tensor(value: Any, name: str, what: str) -> torch.Tensor:
+    """``torch.as_tensor(value)`` for a numeric array-like, else TypeError naming ``name``."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name}: expected {what}, got a string {value!r}")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} ({e})") from None
+
+
+def as_rows(value: Any, name: str, width: int, what: str) -> torch.Tensor:
+    """A non-empty finite float64 ``[M, width]`` tensor from a list of rows (or one row)."""
+    t = as_tensor(value, name, f"a list of {what}")
+    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype.is_signed or t.dtype == torch.uint8):
+        raise TypeError(f"{name}: expected a list of {what}, got dtype {t.dtype}")
+    if t.ndim not in (1, 2) or t.numel() == 0 or t.shape[-1] != width:
+        raise ValueError(f"{name}: expected a non-empty list of {what} ({width} numbers each), got shape {tuple(t.shape)}")
+    t = t.to(torch.float64).reshape(-1, width)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: {what} must be finite, got NaN or Inf")
+    return t
+
+
 # ---------------------------------------------------------------------- images
 def _channels_last(shape: tuple[int, ...]) -> bool:
     return len(shape) in (3, 4) and shape[-1] in (3, 4) and shape[-3] not in (3,)
