@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .images import MIN_SIDE, center_crop
-from .partition import partition
+from .partition import partition_images
 from .sources import ImageSource, UnreadableImage
 
 
@@ -77,7 +77,7 @@ class PreparedImages(Dataset):
         image = torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0
         layouts = {}
         for n in self.token_counts:
-            lay = partition(image[None], n)
+            lay = partition_images(image[None], n)
             layouts[n] = (lay.geometry[0], lay.regions[0])
         return {"index": i, "image": image, "source_size": torch.tensor([h, w]), "layouts": layouts,
                 "label": self.source.labels[i]}

@@ -820,9 +820,21 @@ def partition(image: Any, n_tokens: int, *, priority: Any = None, weight: float 
         float32, patch-major (patches row-major), each patch in its own [-1,1] frame, rows
         in official order; ``image_size = (H, W)``; ``grid = (k, m)``.
     """
+    x, _ = to_tensor(image)
+    return partition_images(x, n_tokens, priority=priority, weight=weight, min_size=min_size)
+
+
+def partition_images(images: torch.Tensor, n_tokens: int, *, priority: Any = None, weight: float = 2.5,
+                     min_size: int = 8) -> Layout:
+    """:func:`partition` of images already in the model convention, for internal callers.
+
+    images: float ``[B,3,H,W]`` in ``[-1,1]``, trusted: no range check, so a bright image
+    without negative values is not mistaken for the ``[0,1]`` convention. Options are checked
+    as in :func:`partition`.
+    """
     n_tokens, weight, min_size = _check_common(n_tokens, weight, min_size)
     _check_reachable(n_tokens, PATCH, PATCH, min_size)
-    x, _ = to_tensor(image)
+    x = images
     bsz, _, h, w = x.shape
     bias = None
     if priority is not None:

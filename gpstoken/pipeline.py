@@ -26,7 +26,7 @@ from .layout_bank import LayoutBank, load_layout_bank
 from .models.configs import SiTConfig, TokenizerConfig
 from .models.sit import SiT
 from .models.tokenizer import GPSTokenizer
-from .partition import partition
+from .partition import partition_images
 from .sampling import SAMPLERS, VelocityFn, cfg_velocity, check_sampling, sample
 from .tokens import GPSTokens
 
@@ -99,7 +99,7 @@ class Tokenizer:
         """
         x, kind = _images.to_tensor(image)
         if layout is None:
-            layout = partition(x, n_tokens if n_tokens is not None else self.config.gps_num)
+            layout = partition_images(x, n_tokens if n_tokens is not None else self.config.gps_num)
         elif not isinstance(layout, Layout):
             raise TypeError(f"layout: expected a gpstoken.Layout, got {type(layout).__name__}")
         elif n_tokens is not None and n_tokens != layout.n_tokens:
