@@ -143,8 +143,8 @@ def image_tensor(x: torch.Tensor, name: str = "image") -> torch.Tensor:
     if x.numel() == 0:
         raise ValueError(f"{name}: empty image (shape {shape})")
     x = x.float()
-    lo, hi, finite = torch.stack([x.amin(), x.amax(), torch.isfinite(x).all().float()]).tolist()
-    if not finite:
+    lo, hi = (float(v) for v in torch.aminmax(x))  # one pass, one sync; NaN and Inf propagate
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name}: tensor image contains NaN or Inf values")
     t = IMAGE_TOLERANCE
     if lo >= -t and 1 + t < hi <= 255 + t:
@@ -158,7 +158,7 @@ def image_tensor(x: torch.Tensor, name: str = "image") -> torch.Tensor:
                          "convention (torchvision ToTensor); tensors must lie in [-1, 1]: pass x * 2 - 1. "
                          "(A [-1, 1] image without dark pixels is ambiguous: pass it as a PIL image or a "
                          "numpy array instead)")
-    return x.clamp(-1.0, 1.0)
+    return x.clamp(-1.0, 1.0) if lo < -1 or hi > 1 else x
 
 
 def numpy_image(arr: np.ndarray, name: str = "image") -> torch.Tensor:

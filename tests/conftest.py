@@ -30,3 +30,17 @@ def official() -> Path:
             pytest.fail(f"official fixtures not found at {OFFICIAL}; CI must run the parity tests")
         pytest.skip(f"official fixtures not found at {OFFICIAL} (they live in ../shared beside the repo)")
     return OFFICIAL
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A tiny randomly initialised tokenizer (16 tokens, 4 features): fast, for tests of the
+    public API's input handling, which does not depend on the weights."""
+    from gpstoken.models.configs import DecoderConfig, TokenizerConfig
+    from gpstoken.models.tokenizer import GPSTokenizer
+    from gpstoken.pipeline import Tokenizer
+
+    torch.manual_seed(0)
+    config = TokenizerConfig(gpsenc_n=1, gpsenc_c=32, gps_num=16, gps_c=4,
+                             decoder=DecoderConfig(ch=32, ch_mult=(1, 1, 1), num_res_blocks=0, z_channels=4))
+    return Tokenizer(GPSTokenizer(config), "tiny", torch.device("cpu"), torch.float32)

@@ -19,22 +19,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import gpstoken
-from gpstoken.models.configs import DecoderConfig, SiTConfig, TokenizerConfig
+from gpstoken.models.configs import SiTConfig
 from gpstoken.models.sit import SiT
-from gpstoken.models.tokenizer import GPSTokenizer
-from gpstoken.pipeline import Generator, Tokenizer
+from gpstoken.pipeline import Generator
 
 FUZZ = settings(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-CHANNELS = 4
+CHANNELS = 4  # features of the tiny tokenizer (conftest.py)
 N_GEN = 16  # tokens of the tiny generator
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer() -> Tokenizer:
-    torch.manual_seed(0)
-    config = TokenizerConfig(gpsenc_n=1, gpsenc_c=32, gps_num=16, gps_c=CHANNELS,
-                             decoder=DecoderConfig(ch=32, ch_mult=(1, 1, 1), num_res_blocks=0, z_channels=CHANNELS))
-    return Tokenizer(GPSTokenizer(config), "tiny", torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,15 @@ def test_tensor_conventions_that_are_accepted(unit):
     assert gpstoken.partition(torch.zeros(3, 64, 64), 4).n_tokens == 4  # all zero: mid grey, not [0, 1]
 
 
+def test_bright_images_are_not_taken_for_0_1_tensors(tiny_tokenizer):
+    """PIL/numpy inputs have a known range: a bright one (no pixel below mid grey) is fine, and
+    encode does not re-check the converted tensor."""
+    bright = Image.new("RGB", (64, 48), (200, 180, 220))
+    assert gpstoken.partition(bright, 4).image_size == (48, 64)
+    tokens = gpstoken.encode(bright, 4, model=tiny_tokenizer)
+    assert tokens.n_tokens == 4 and gpstoken.decode(tokens, model=tiny_tokenizer).size == (64, 48)
+
+
 def test_requires_grad_input_keeps_its_graph(unit):
     x = (unit * 2 - 1).requires_grad_()
     gpstoken.partition(x, 8)
