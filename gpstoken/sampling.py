@@ -79,8 +79,8 @@ def check_sampling(steps: Any, sampler: Any, cfg_scale: Any, guidance_interval: 
         raise ValueError(f"steps: must be an int >= 2 (time-grid points), got {steps!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
-    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 1.0:
-        raise ValueError(f"cfg_scale: must be a number >= 1 (1 disables guidance), got {cfg_scale!r}")
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not 1.0 <= cfg_scale < math.inf:
+        raise ValueError(f"cfg_scale: must be a finite number >= 1 (1 disables guidance), got {cfg_scale!r}")
     try:
         low, high = (float(v) for v in guidance_interval)
     except (TypeError, ValueError):

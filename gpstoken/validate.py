@@ -62,17 +62,6 @@ def flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
-def interval(value: Any, name: str) -> tuple[float, float]:
-    """A pair ``(low, high)`` with ``0 <= low <= high <= 1`` (e.g. a guidance interval in t)."""
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"{name}: expected a pair (low, high) in [0, 1], got {value!r}")
-    low = number(value[0], f"{name}[0]", low=0.0, high=1.0)
-    high = number(value[1], f"{name}[1]", low=0.0, high=1.0)
-    if low > high:
-        raise ValueError(f"{name}: needs low <= high, got {tuple(value)}")
-    return low, high
-
-
 def moves(value: Any, name: str = "move") -> tuple[list[int], list[tuple[float, float]]]:
     """``{index: (x, y)}`` -> (indices, centres); the form ``edit_layout(move=...)`` documents."""
     if not isinstance(value, dict):

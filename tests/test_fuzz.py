@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import gpstoken
+from gpstoken.checkpoint import GeneratorConfig
 from gpstoken.models.configs import SiTConfig
 from gpstoken.models.sit import SiT
 from gpstoken.pipeline import Generator
@@ -31,10 +32,10 @@ N_GEN = 16  # tokens of the tiny generator
 @pytest.fixture(scope="module")
 def tiny_generator(tiny_tokenizer) -> Generator:
     torch.manual_seed(0)
-    texture = SiT(SiTConfig(input_size=(N_GEN, 1), in_channels=5 + CHANNELS, hidden_size=32, depth=1,
-                            num_heads=2, num_classes=3))
-    return Generator(texture, tiny_tokenizer, torch.zeros(5 + CHANNELS), torch.full((5 + CHANNELS,), 0.1),
-                     name="tiny-gen")
+    config = GeneratorConfig(SiTConfig(input_size=(N_GEN, 1), in_channels=5 + CHANNELS, hidden_size=32, depth=1,
+                                       num_heads=2, num_classes=3),
+                             latent_mean=(0.0,) * (5 + CHANNELS), latent_std=(0.1,) * (5 + CHANNELS), tokenizer="tiny")
+    return Generator(SiT(config.texture), tiny_tokenizer, config, name="tiny-gen")
 
 
 def call(fn, names: tuple[str, ...]):
