@@ -55,10 +55,10 @@ def _from_pil(img: Image.Image, name: str) -> torch.Tensor:
                              "integer images must lie in [0, 65535] (16 bit)")
         return validate.numpy_image(arr.astype(np.uint16), name)
     if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        if arr.size and np.isfinite(arr).all() and arr.max() > 1.0 and arr.min() >= 0.0 and arr.max() <= 255.0:
-            arr = arr / 255.0
-        return validate.numpy_image(arr, name)
+        values = np.asarray(img, dtype=np.float64)
+        if values.size and np.isfinite(values).all() and values.min() >= 0.0 and 1.0 < values.max() <= 255.0:
+            values = values / 255.0
+        return validate.numpy_image(values, name)
     return validate.numpy_image(np.asarray(img.convert("RGB"), dtype=np.uint8), name)
 
 

@@ -22,7 +22,7 @@ import os
 import torch
 
 from . import validate
-from .geometry import GEOMETRY, pixel_coords
+from .geometry import pixel_coords
 from .kernels._torch_impl import CulledRender, device_pixel_coords
 from .kernels._torch_impl import pixel_bounds as pixel_bounds  # public here (tests, users)
 
@@ -123,14 +123,8 @@ def render(
     return splat(geometry, features, (h, w), support=float(support), backend=backend)
 
 
-def splat(
-    geometry: torch.Tensor,
-    features: torch.Tensor,
-    size: tuple[int, int],
-    *,
-    support: float = 3.0,
-    backend: str = "auto",
-) -> torch.Tensor:
+def splat(geometry: torch.Tensor, features: torch.Tensor, size: tuple[int, int], *, support: float = 3.0,
+          backend: str = "auto") -> torch.Tensor:
     """:func:`render` without the value checks: for models, which trust their inputs.
 
     Same arguments and result as :func:`render`; invalid tokens (sigma <= 0, ``|rho| >= 1``,
