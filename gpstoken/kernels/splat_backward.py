@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .splat_forward import load_gaussian
+
 
 @triton.jit
 def _box_span(coords_ptr, size, mu, half, BLOCK_P: tl.constexpr):
@@ -45,13 +47,7 @@ def splat_backward_kernel(
     """
     tok = tl.program_id(0)
     b = tok // N
-    sx = tl.load(geo_ptr + tok * 5)
-    sy = tl.load(geo_ptr + tok * 5 + 1)
-    rho = tl.load(geo_ptr + tok * 5 + 2)
-    mx = tl.load(geo_ptr + tok * 5 + 3)
-    my = tl.load(geo_ptr + tok * 5 + 4)
-    hx = support * sx
-    hy = support * sy
+    sx, sy, rho, mx, my, hx, hy = load_gaussian(geo_ptr, tok, support)
     a = 0.5 / (1.0 - rho * rho)
     c0, nx = _box_span(xs_ptr, W, mx, hx, BLOCK_P)
     r0, ny = _box_span(ys_ptr, H, my, hy, BLOCK_P)

@@ -15,6 +15,16 @@ import triton.language as tl
 
 
 @triton.jit
+def load_gaussian(geo_ptr, tok, support):
+    """Token ``tok`` of ``geo [B*N,5]``: ``(sigma_x, sigma_y, rho, mu_x, mu_y)`` and its cut-off
+    half-widths ``support * sigma`` (shared by the forward and the backward kernel)."""
+    g = geo_ptr + tok * 5
+    sx = tl.load(g)
+    sy = tl.load(g + 1)
+    return sx, sy, tl.load(g + 2), tl.load(g + 3), tl.load(g + 4), support * sx, support * sy
+
+
+@triton.jit
 def splat_forward_kernel(
     geo_ptr, feat_ptr, xs_ptr, ys_ptr, out_ptr,
     N, C, H, W, support,
@@ -47,13 +57,7 @@ def splat_forward_kernel(
     acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=tl.float32)
     for n in range(0, N):
         tok = b * N + n
-        sx = tl.load(geo_ptr + tok * 5)
-        sy = tl.load(geo_ptr + tok * 5 + 1)
-        rho = tl.load(geo_ptr + tok * 5 + 2)
-        mx = tl.load(geo_ptr + tok * 5 + 3)
-        my = tl.load(geo_ptr + tok * 5 + 4)
-        hx = support * sx
-        hy = support * sy
+        sx, sy, rho, mx, my, hx, hy = load_gaussian(geo_ptr, tok, support)
         # Conservative and exact: fp32 rounding of (coord - mu) is monotone in coord.
         hit = (x_hi - mx >= -hx) & (x_lo - mx <= hx) & (y_hi - my >= -hy) & (y_lo - my <= hy)
         if hit:
