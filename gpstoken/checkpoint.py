@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -30,9 +29,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .geometry import GEOMETRY
+from .io import write_safetensors
 from .models.configs import SIT_ARCHS, SiTConfig
 from .sampling import SamplingDefaults
 
@@ -65,23 +65,6 @@ class CheckpointMismatchError(ValueError):
 
 
 # ---------------------------------------------------------------------- files
-def atomic_save(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> Path:
-    """``safetensors.torch.save_file`` through a temp file in the same folder + ``os.replace``
-    (nothing half-written is left at ``path``)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist (writing {path.name})")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(dict(tensors), tmp, metadata=dict(metadata))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def is_pickle(path: Path) -> bool:
     """True for a torch zip checkpoint or a raw pickle (protocol >= 2 starts with 0x80).
 
@@ -189,8 +172,7 @@ def save_checkpoint(
     for k, v in (extra_metadata or {}).items():
         metadata[str(k)] = v if isinstance(v, str) else json.dumps(v)
     metadata.update(format=FORMAT, format_version=str(FORMAT_VERSION), kind=kind, config=json.dumps(dict(config)))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    return atomic_save(tensors, path, metadata)
+    return write_safetensors(state_dict, path, metadata)
 
 
 # ---------------------------------------------------------------------- state dicts

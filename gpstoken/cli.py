@@ -1,35 +1,63 @@
 """``gpstoken`` command line: reconstruct, encode, decode, show, generate, tokenize, eval, studio, models,
-convert, train."""
+convert, train.
+
+Every failure is reported as one line on stderr that names the problem and the fix, with
+exit code 1 (2 for usage errors, 130 for Ctrl-C); ``--debug`` shows the traceback instead.
+Outputs are written atomically (:mod:`gpstoken.io`).
+"""
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from PIL import Image
 
+from .io import image_format, save_image
+
+
+class CLIError(Exception):
+    """A failure the CLI reports as one line (problem and fix)."""
+
 
 def _open_image(path: str) -> Image.Image:
     p = Path(path)
+    if not p.exists():
+        raise CLIError(f"input image not found: {p}; check the path")
     if not p.is_file():
-        raise SystemExit(f"gpstoken: input image not found: {p}")
+        raise CLIError(f"input {p} is a folder, not an image file; give an image file")
     try:
-        return Image.open(p).convert("RGB")
+        with Image.open(p) as im:
+            return im.convert("RGB")
     except OSError as e:
-        raise SystemExit(f"gpstoken: cannot read image {p}: {e}") from None
+        raise CLIError(f"cannot read image {p} ({e}); give a PNG, JPEG or other image PIL can open") from e
 
 
 def _save_image(img: Image.Image, path: str) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
-    print(f"wrote {out}")
+    print(f"wrote {save_image(img, path)}")
+
+
+def _check_outputs(*paths: Optional[str]) -> None:
+    """Fail before any work when an image output is a folder or has no image suffix."""
+    for path in paths:
+        if path:
+            image_format(path)
+
+
+def _load_tokens(path: str):
+    from .tokens import GPSTokens
+
+    if not Path(path).is_file():
+        raise CLIError(f"token file not found: {path}; check the path (make one with gpstoken encode)")
+    return GPSTokens.load(path)
 
 
 def _cmd_reconstruct(a: argparse.Namespace) -> None:
     import gpstoken
 
+    _check_outputs(a.output, a.layout)
     img = _open_image(a.input)
     tokens = gpstoken.encode(img, a.tokens, model=a.model, device=a.device)
     _save_image(gpstoken.decode(tokens, device=a.device), a.output)
@@ -40,22 +68,26 @@ def _cmd_reconstruct(a: argparse.Namespace) -> None:
 def _cmd_encode(a: argparse.Namespace) -> None:
     import gpstoken
 
+    if Path(a.output).is_dir():
+        raise CLIError(f"{a.output} is a folder; give a token file name inside it, e.g. {Path(a.output) / 'x.gpst'}")
     tokens = gpstoken.encode(_open_image(a.input), a.tokens, model=a.model, device=a.device)
-    tokens.save(a.output)
-    print(f"wrote {a.output} ({tokens.geometry.shape[1]} tokens, model {tokens.model})")
+    path = tokens.save(a.output)
+    print(f"wrote {path} ({tokens.geometry.shape[1]} tokens, model {tokens.model})")
 
 
 def _cmd_decode(a: argparse.Namespace) -> None:
     import gpstoken
 
-    tokens = gpstoken.GPSTokens.load(a.input)
+    _check_outputs(a.output)
+    tokens = _load_tokens(a.input)
     _save_image(gpstoken.decode(tokens, model=a.model, device=a.device), a.output)
 
 
 def _cmd_show(a: argparse.Namespace) -> None:
     import gpstoken
 
-    tokens = gpstoken.GPSTokens.load(a.input)
+    _check_outputs(a.output)
+    tokens = _load_tokens(a.input)
     _save_image(tokens.draw(_open_image(a.image) if a.image else None), a.output)
 
 
@@ -157,13 +189,20 @@ def _cmd_eval(a: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpstoken", description="GPSToken image tokenizer and generator")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
+
+    def command(name: str, **kw) -> argparse.ArgumentParser:  # accepts --debug after the command too
+        return sub.add_parser(name, parents=[debug], **kw)
 
     def common(sp: argparse.ArgumentParser, model_default: Optional[str] = "default") -> None:
         sp.add_argument("--model", default=model_default, help="registry name, Hub repo id or local .safetensors")
         sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
-    r = sub.add_parser("reconstruct", help="encode and decode an image")
+    r = command("reconstruct", help="encode and decode an image")
     r.add_argument("input")
     r.add_argument("-o", "--output", required=True)
     r.add_argument("--tokens", type=int, default=None, help="tokens per 256x256 patch")
@@ -171,26 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
     r.set_defaults(func=_cmd_reconstruct)
 
-    e = sub.add_parser("encode", help="encode an image into a .gpst token file")
+    e = command("encode", help="encode an image into a .gpst token file")
     e.add_argument("input")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--tokens", type=int, default=None, help="tokens per 256x256 patch")
     common(e)
     e.set_defaults(func=_cmd_encode)
 
-    d = sub.add_parser("decode", help="decode a .gpst token file into an image")
+    d = command("decode", help="decode a .gpst token file into an image")
     d.add_argument("input")
     d.add_argument("-o", "--output", required=True)
     common(d, model_default=None)
     d.set_defaults(func=_cmd_decode)
 
-    s = sub.add_parser("show", help="draw the Gaussians of a .gpst token file")
+    s = command("show", help="draw the Gaussians of a .gpst token file")
     s.add_argument("input")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--image", default=None, help="draw over this image (default: grey)")
     s.set_defaults(func=_cmd_show)
 
-    g = sub.add_parser("generate", help="class-conditional two-stage generation")
+    g = command("generate", help="class-conditional two-stage generation")
     g.add_argument("--class", dest="class_id", required=True,
                    help='class index or name, e.g. 207 or "golden retriever" (see: gpstoken models NAME)')
     g.add_argument("-o", "--output", required=True, help="output folder")
@@ -205,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(g)
     g.set_defaults(func=_cmd_generate)
 
-    k = sub.add_parser("tokenize", help="tokenize a folder / list file / dataset into sharded safetensors")
+    k = command("tokenize", help="tokenize a folder / list file / dataset into sharded safetensors")
     k.add_argument("src", metavar="SRC", help="folder of images (recursive), .txt list of paths, or a datasets dataset")
     k.add_argument("out", metavar="OUT", help="output folder (rerun the same command to resume)")
     k.add_argument("--tokens", type=int, required=True, help="tokens per 256x256 patch")
@@ -219,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(k)
     k.set_defaults(func=_cmd_tokenize)
 
-    st = sub.add_parser("studio", help="interactive layout editor in the browser (docs/studio.md)")
+    st = command("studio", help="interactive layout editor in the browser (docs/studio.md)")
     st.add_argument("--generator", default="default", help="generator for the Generate panel, or 'none'")
     st.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     st.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
@@ -229,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(st)
     st.set_defaults(func=_cmd_studio)
 
-    v = sub.add_parser("eval", help="reconstruction quality (PSNR, SSIM, ST-LPIPS, rFID) against the token count")
+    v = command("eval", help="reconstruction quality (PSNR, SSIM, ST-LPIPS, rFID) against the token count")
     v.add_argument("src", metavar="SRC", help="folder of images (recursive), .txt list of paths, or a datasets dataset")
     v.add_argument("--model", nargs="+", default=["default"], help="one or more tokenizers (one line each in the plot)")
     v.add_argument("--tokens", type=int, nargs="+", default=[64, 128, 256], help="tokens per 256x256 patch")
@@ -244,17 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
     v.set_defaults(func=_cmd_eval)
 
-    m = sub.add_parser("models", help="list the registered pretrained checkpoints, or show one")
+    m = command("models", help="list the registered pretrained checkpoints, or show one")
     m.add_argument("name", nargs="?", default=None, help="a registry name: show its details and classes")
     m.set_defaults(func=_cmd_models)
 
-    c = sub.add_parser("convert", help="convert an official PyTorch checkpoint to safetensors")
+    c = command("convert", help="convert an official PyTorch checkpoint to safetensors")
     c.add_argument("input")
     c.add_argument("output")
     c.add_argument("--trust", action="store_true", help="allow unpickling this file (only for files you trust)")
     c.set_defaults(func=_cmd_convert)
 
-    t = sub.add_parser("train", help="train models (needs: pip install gpstoken[train])", add_help=False)
+    t = command("train", help="train models (needs: pip install gpstoken[train])", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
     t.set_defaults(func=None)
     return p
@@ -270,12 +309,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt:
-        print(f"gpstoken {args.command}: interrupted", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"gpstoken {args.command}: interrupted (no partial output was written)", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, RuntimeError) as e:
-        print(f"gpstoken {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - the CLI reports every failure as one line
+        if args.debug:
+            raise
+        print(f"gpstoken {args.command}: error: {_describe(e)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _describe(e: BaseException) -> str:
+    """One line naming the problem and the fix."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = f" writing {e.filename}" if e.filename else ""
+        return f"no space left on the device{where}; free some space or write the output elsewhere (-o)"
+    if isinstance(e, PermissionError):
+        return f"permission denied: {e.filename or e}; choose a file you may read or a folder you may write to"
+    if isinstance(e, (CLIError, ValueError, TypeError, OSError, ImportError, RuntimeError)):
+        text = str(e)
+    else:
+        text = f"internal error {type(e).__name__}: {e}; rerun with --debug for the traceback and report it"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -51,13 +51,13 @@ from .checkpoint import (  # noqa: F401  (the error types are part of this modul
     CheckpointMismatchError,
     CheckpointNotFoundError,
     GeneratorConfig,
-    atomic_save,
     checkpoint_config,
     load_safetensors,
     read_metadata,
     save_checkpoint,
 )
 from .imagenet import imagenet_classes
+from .io import write_safetensors
 from .models.configs import SIT_ARCHS, TOKENIZER_ARCHS, TokenizerConfig
 from .sampling import SamplingDefaults
 
@@ -293,7 +293,7 @@ def convert_checkpoint(
             raise CheckpointFormatError(f"{src}: stripping {prefixes} makes key {k!r} appear twice")
         out[k] = v.detach().clone().contiguous()  # clone: safetensors refuses shared storage
     meta = {"converted_from": src.name, **dict(metadata or {})}
-    return atomic_save(out, dst, meta)
+    return write_safetensors(out, dst, meta)
 
 
 # ---------------------------------------------------------------------- resolving names

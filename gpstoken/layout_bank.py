@@ -31,8 +31,8 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from .checkpoint import atomic_save
 from .geometry import GEOMETRY
+from .io import write_safetensors
 
 __all__ = ["LayoutBank", "LayoutBankError", "convert_initg_pickle", "load_layout_bank", "read_initg_pickle",
            "FORMAT", "FORMAT_VERSION"]
@@ -137,10 +137,8 @@ class LayoutBank:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "n_tokens": str(self.n_tokens)}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write one safetensors file (keys ``class_<id>``, format metadata); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_save(self.state_dict(), path, self.metadata())
+        """Write one safetensors file (keys ``class_<id>``, format metadata), atomically; returns the path."""
+        return write_safetensors(self.state_dict(), path, self.metadata())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LayoutBank":

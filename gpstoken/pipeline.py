@@ -36,9 +36,21 @@ RHO_LIMIT = 0.99999
 
 
 def _device(device: Optional[str | torch.device]) -> torch.device:
+    """``device`` (None: cuda when available, else cpu) checked against what this machine has."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: {device!r} is not a device name ({e}); use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} asked for, but CUDA is not available on this machine "
+                             "(no GPU, or a CPU-only torch build); use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} does not exist; this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return dev
 
 
 def _dtype(dtype: Optional[str | torch.dtype], device: torch.device) -> torch.dtype:

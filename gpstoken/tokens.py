@@ -6,15 +6,13 @@ A ``.gpst`` file is one safetensors file holding four tensors
 * ``layout.geometry`` ``[B,N,5]`` and ``layout.regions`` ``[B,N,4]`` (the layout they came from),
 
 and string metadata ``format = "gpst"``, ``format_version``, ``image_size`` and ``grid``
-(JSON pairs) and ``model`` (the tokenizer id). Files are written atomically: a temporary
-file in the destination folder is renamed over the target, so a crash never leaves a
-half-written ``.gpst``.
+(JSON pairs) and ``model`` (the tokenizer id). Files are written atomically through
+:mod:`gpstoken.io`, so a crash never leaves a half-written ``.gpst``.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,11 @@ from typing import Any
 import torch
 from PIL import Image
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from . import validate
 from .geometry import GEOMETRY
 from .images import ImageKind
+from .io import write_safetensors
 from .layout import Layout, draw_gaussians
 
 FORMAT = "gpst"
@@ -145,18 +143,14 @@ class GPSTokens:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the tokens to one safetensors file (``.gpst`` recommended), atomically.
 
-        Returns the path written. The parent folder must exist.
+        Returns the path written; a missing folder is created (:mod:`gpstoken.io`).
         """
-        path = Path(path)
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"save: folder {path.parent} does not exist")
         tensors = {
             "geometry": self.geometry,
             "features": self.features,
             "layout.geometry": self.layout.geometry,
             "layout.regions": self.layout.regions,
         }
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         metadata = {
             "format": FORMAT,
             "format_version": str(FORMAT_VERSION),
@@ -164,15 +158,7 @@ class GPSTokens:
             "grid": json.dumps(list(self.grid)),
             "model": self.model,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_safetensors(tensors, path, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> "GPSTokens":

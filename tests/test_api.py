@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 
 import gpstoken
-from gpstoken import cli
 from gpstoken.images import to_tensor
 from gpstoken.metrics import psnr
 
@@ -139,26 +138,3 @@ def test_generate_from_a_user_layout(photo):
     assert len(out) == 1 and out[0].size == (256, 256)
     with pytest.raises(ValueError, match="tokens per patch"):
         gpstoken.generate(4, layout=gpstoken.edit_layout(photo, n_tokens=16), model=gen, progress=False)
-
-
-def test_cli_encode_decode_show_reconstruct(tmp_path):
-    src = str(REPO_DATA / "coffee.png")
-    assert cli.main(["encode", src, "-o", str(tmp_path / "c.gpst"), "--tokens", "32"]) == 0
-    assert cli.main(["decode", str(tmp_path / "c.gpst"), "-o", str(tmp_path / "c.png")]) == 0
-    assert Image.open(tmp_path / "c.png").size == Image.open(src).size
-    assert cli.main(["show", str(tmp_path / "c.gpst"), "-o", str(tmp_path / "l.png"), "--image", src]) == 0
-    assert Image.open(tmp_path / "l.png").size == Image.open(src).size
-    assert cli.main(["reconstruct", src, "-o", str(tmp_path / "r.png"), "--tokens", "16"]) == 0
-
-
-def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
-    assert cli.main(["decode", str(tmp_path / "missing.gpst"), "-o", str(tmp_path / "x.png")]) == 1
-    assert "missing.gpst" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="not found"):
-        cli.main(["reconstruct", str(tmp_path / "nope.png"), "-o", str(tmp_path / "x.png")])
-
-
-def test_cli_lists_the_registered_models(capsys):
-    assert cli.main(["models"]) == 0
-    out = capsys.readouterr().out
-    assert "gpstoken-m128" in out and "xtudbxk/GPSToken" in out and "gpstoken-tiny" in out

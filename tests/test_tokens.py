@@ -69,20 +69,6 @@ def test_save_keeps_feature_dtype_and_replaces_atomically(tmp_path):
     assert GPSTokens.load(path).features.dtype == torch.bfloat16
 
 
-def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
-    import gpstoken.tokens as tokens_module
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(tokens_module, "save_file", boom)
-    path = tmp_path / "x.gpst"
-    path.write_bytes(b"previous")
-    with pytest.raises(RuntimeError, match="disk full"):
-        _tokens().save(path)
-    assert path.read_bytes() == b"previous" and len(list(tmp_path.iterdir())) == 1
-
-
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such token file"):
         GPSTokens.load(tmp_path / "missing.gpst")

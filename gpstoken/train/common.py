@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..io import write_text
 from .data import DataConfig
 
 #: modules training needs beyond the core ones it already imports (checked against the ``train``
@@ -172,8 +173,7 @@ class Run:
         if self.is_main:
             for sub in ("checkpoints", "samples", "export"):
                 (self.out / sub).mkdir(parents=True, exist_ok=True)
-            with open(self.out / "config.json", "w") as f:
-                json.dump({"kind": kind, **cfg.to_dict()}, f, indent=2)
+            write_text(self.out / "config.json", json.dumps({"kind": kind, **cfg.to_dict()}, indent=2))
         self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ properties
@@ -217,7 +217,7 @@ class Run:
         self.accelerator.wait_for_everyone()
         self._last_save = time.monotonic()
         if self.is_main:
-            (path / "DONE").write_text(str(self.step))
+            write_text(path / "DONE", str(self.step))
             for old in self.checkpoint_dirs()[: -max(1, self.cfg.keep_checkpoints)]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()

@@ -56,6 +56,7 @@ from ..checkpoint import (
 )
 from ..geometry import GEOMETRY
 from ..hub import file_digest
+from ..io import write_safetensors
 from ..models.configs import SIT_ARCHS, SiTConfig
 from ..models.sit import SiT
 from ..models.tokenizer import GPSTokenizer
@@ -125,7 +126,7 @@ def load_tokenizer_model(name_or_path: str, device: torch.device) -> GPSTokenize
 def extract(cfg: GeneratorTrainConfig, run: Run, with_tokens: bool) -> dict[str, torch.Tensor]:
     """Extract (or load from the cache) ``g_init``, ``labels`` and, with ``with_tokens``, the
     tokenizer's ``tokens`` for ``cfg.extract_samples`` training crops (see module doc)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     tok_key = ""
     if with_tokens:
@@ -151,14 +152,12 @@ def extract(cfg: GeneratorTrainConfig, run: Run, with_tokens: bool) -> dict[str,
         lo, hi = min(n, run.rank * per), min(n, (run.rank + 1) * per)
         part = _extract_range(cfg, run, lo, hi, with_tokens)
         part_path = cache / f"{final.stem}.part{run.rank}of{run.world}.safetensors"
-        save_file(part, str(part_path))
+        write_safetensors(part, part_path)
         run.accelerator.wait_for_everyone()
         if run.is_main:
             parts = [load_file(str(cache / f"{final.stem}.part{r}of{run.world}.safetensors")) for r in range(run.world)]
             merged = {k: torch.cat([p[k] for p in parts if p[k].numel()]) for k in parts[0]}
-            tmp = final.with_suffix(".tmp")
-            save_file(merged, str(tmp), metadata={"key": key_src})
-            os.replace(tmp, final)
+            write_safetensors(merged, final, {"key": key_src})
             for r in range(run.world):
                 (cache / f"{final.stem}.part{r}of{run.world}.safetensors").unlink()
         run.accelerator.wait_for_everyone()

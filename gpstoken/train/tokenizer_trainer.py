@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io import save_image
 from ..metrics import psnr, ssim
 from ..models.configs import TOKENIZER_ARCHS, TokenizerConfig
 from ..models.tokenizer import GPSTokenizer
@@ -94,7 +95,7 @@ def save_grid(rows: list[torch.Tensor], path: Path) -> None:
     """Save rows of ``[B,3,H,W]`` images in ``[-1,1]`` as one PNG grid."""
     grid = torch.cat([torch.cat(list(r.float().cpu().clamp(-1, 1)), dim=2) for r in rows], dim=1)
     arr = ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+    save_image(Image.fromarray(np.ascontiguousarray(arr)), path)
 
 
 def export_tokenizer(model: torch.nn.Module, config: TokenizerConfig, path: str | os.PathLike, *,

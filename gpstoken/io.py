@@ -1,0 +1,95 @@
+"""Atomic file writes: every file gpstoken writes (PNG outputs, ``.gpst`` token files,
+checkpoints, layout banks, training caches) goes through this module.
+
+A write goes to a temporary file in the target's folder and is renamed over the target only
+once it is complete, so a crash, a full disk or Ctrl-C never leaves a truncated file and never
+destroys the old one; the temporary file is removed on any failure. The finished file gets the
+permissions of a newly created file (``0o666`` minus the umask). A missing target folder is
+created.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+import torch
+
+__all__ = ["atomic_path", "write_safetensors", "image_format", "save_image", "write_text", "IMAGE_SUFFIXES"]
+
+#: file name suffixes :func:`save_image` writes, mapped to the PIL format name
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                  ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _target(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name inside it, e.g. {path / 'out.png'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on normal exit it replaces ``path``.
+
+    On any exception (including KeyboardInterrupt) the temporary file is deleted and
+    ``path`` is left as it was. Creates the parent folder; refuses a folder as target.
+    """
+    path = _target(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write ``tensors`` (moved to CPU, made contiguous) as one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(data, str(tmp), metadata=dict(metadata) if metadata is not None else None)
+    return Path(path)
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The PIL format name for an image output path; raises when ``path`` is a folder
+    (IsADirectoryError) or has no known image suffix (ValueError). Cheap: check outputs early."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give an image file name inside it, e.g. {path / 'out.png'}")
+    fmt = IMAGE_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image file extension {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}")
+    return fmt
+
+
+def save_image(image: Any, path: str | os.PathLike) -> Path:
+    """Write a PIL image, atomically; the format comes from the suffix (:func:`image_format`)."""
+    fmt = image_format(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a UTF-8 text file, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
