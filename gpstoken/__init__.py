@@ -4,6 +4,7 @@
 >>> tokens = gpstoken.encode(img, n_tokens=128)   # PIL / numpy / torch, any size >= 32
 >>> img2 = gpstoken.decode(tokens)
 >>> images = gpstoken.generate(class_id=3, n=4, seed=0)
+>>> gpstoken.backends()   # which partition / render paths run here (native C, torch, Triton)
 
 The model-level names are imported lazily on first use.
 """
@@ -25,6 +26,7 @@ _EXPORTS = {
     "Layout": "layout", "calibrate": "layout", "GPSTokens": "tokens",
     "TokenDataset": "token_dataset",
     "Tokenizer": "pipeline", "Generator": "pipeline", "load_tokenizer": "pipeline", "load_generator": "pipeline",
+    "backends": "runtime",
 }
 
 __all__ = sorted([*_EXPORTS, "partition", "render"])

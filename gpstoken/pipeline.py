@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from . import checkpoint, hub, validate
 from . import images as _images
@@ -32,6 +33,14 @@ from .tokens import GPSTokens
 
 ImageLike = Any
 SIGMA_RANGE = (1e-5, 1 - 1e-5)
+#: memory bounds (peak memory no longer grows with the image beyond its input-resolution maps):
+#: patches per encoder batch; images of more patches than UNTILED_PATCHES are decoded
+#: DECODE_TILE x DECODE_TILE patches at a time (exact, see gpstoken.models.tiled); a progress
+#: bar is shown above PROGRESS_PATCHES patches
+ENCODE_CHUNK = 4
+UNTILED_PATCHES = 4
+DECODE_TILE = 1
+PROGRESS_PATCHES = 4
 RHO_LIMIT = 0.99999
 
 
@@ -96,8 +105,9 @@ class Tokenizer:
         return (f"Tokenizer({self.name!r}, tokens/patch={c.gps_num}, features={c.gps_c}, "
                 f"device={self.device}, dtype={self.dtype})")
 
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype != torch.float32)
+    def _autocast(self, dtype: Optional[torch.dtype] = None):
+        dtype = self.dtype if dtype is None else dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     # ------------------------------------------------------------------ image-level API
     def encode(self, image: ImageLike, n_tokens: Optional[int] = None, *, layout: Optional[Layout] = None) -> GPSTokens:
@@ -143,8 +153,14 @@ class Tokenizer:
         n = layout.n_tokens
         g_init = layout.geometry.to(self.device).reshape(len(patches), n, GEOMETRY)
         regions = layout.regions.to(self.device).reshape(len(patches), n, REGION)
+        chunks = range(0, len(patches), ENCODE_CHUNK)
         with torch.inference_mode(), self._autocast():
-            tokens = self.model.encode(patches, g_init, regions).float()
+            tokens = torch.cat([
+                self.model.encode(patches[i:i + ENCODE_CHUNK], g_init[i:i + ENCODE_CHUNK],
+                                  regions[i:i + ENCODE_CHUNK]).float()
+                for i in tqdm(chunks, desc="encode", unit="chunk", disable=len(patches) <= PROGRESS_PATCHES,
+                              leave=False, dynamic_ncols=True)
+            ])
         tokens = tokens.reshape(b, grid[0] * grid[1] * n, -1)
         return GPSTokens(tokens[..., :GEOMETRY].contiguous(), tokens[..., GEOMETRY:].contiguous(),
                          (h, w), layout, self.name)
@@ -162,10 +178,20 @@ class Tokenizer:
         grid = tokens.layout.grid
         b = tokens.geometry.shape[0]
         arr = tokens.as_array().to(self.device).reshape(b * grid[0] * grid[1], -1, GEOMETRY + c)
-        with torch.inference_mode(), self._autocast():
-            images = self.model.decode(arr, grid=grid, per_patch=self.decode_per_patch).float()
+        images = self._decode(arr, grid, self.dtype)
+        if self.dtype != torch.float32 and not bool(torch.isfinite(images).all()):
+            warnings.warn(f"decoding in {self.dtype} gave non-finite values; decoded again in float32",
+                          RuntimeWarning, stacklevel=3)
+            images = self._decode(arr, grid, torch.float32)
         h, w = tokens.image_size
         return images[..., :h, :w].clamp(-1, 1)
+
+    def _decode(self, arr: torch.Tensor, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        """arr: float [B*k*m,N,5+C] -> float32 [B,3,256k,256m]; tiled above UNTILED_PATCHES patches."""
+        big = grid[0] * grid[1] > UNTILED_PATCHES
+        with torch.inference_mode(), self._autocast(dtype):
+            return self.model.decode(arr, grid=grid, per_patch=self.decode_per_patch, tile=DECODE_TILE if big else None,
+                                     progress=grid[0] * grid[1] > PROGRESS_PATCHES).float()
 
     # ------------------------------------------------------------------ save / push
     def save_pretrained(self, folder: str | Path) -> Path:

@@ -23,6 +23,7 @@ import torch
 
 from . import validate
 from .geometry import pixel_coords
+from .kernels import triton_available
 from .kernels._torch_impl import CulledRender, device_pixel_coords
 from .kernels._torch_impl import pixel_bounds as pixel_bounds  # public here (tests, users)
 
@@ -103,7 +104,7 @@ def render(
         support: cut-off factor s > 0; a token touches only pixels with |dx| <= s*sigma_x and
             |dy| <= s*sigma_y. ``math.inf`` disables the cut-off. The box is constant for
             gradients (as in the official kernel).
-        backend: ``"auto"`` (Triton on CUDA for float16/bfloat16/float32 inputs, the culled
+        backend: ``"auto"`` (Triton on CUDA, when installed, for float16/bfloat16/float32 inputs, the culled
             torch path otherwise), ``"torch"`` (culled), ``"triton"`` (needs CUDA tensors or
             ``TRITON_INTERPRET=1``) or ``"dense"`` (the reference ``render_dense``).
 
@@ -136,10 +137,12 @@ def splat(geometry: torch.Tensor, features: torch.Tensor, size: tuple[int, int],
     h, w = size
     wide = torch.float64 in (geometry.dtype, features.dtype)
     if backend == "auto":
-        backend = "triton" if geometry.is_cuda and not wide else "torch"
+        backend = "triton" if geometry.is_cuda and not wide and triton_available() else "torch"
     if geometry.shape[0] * geometry.shape[1] == 0:
         backend = "dense"  # no tokens: the reference handles empty tensors (a zero map)
     if backend == "triton":
+        if not triton_available():
+            raise ValueError("render: backend='triton' needs Triton (pip install triton, Linux); use backend='torch'")
         if not geometry.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("render: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
         g32 = geometry.float().contiguous()

@@ -3,12 +3,21 @@
 * ``TRITON_INTERPRET=1`` is set before any kernel module is imported, so Triton kernels
   run on the CPU interpreter when there is no GPU (set ``GPSTOKEN_TEST_NO_INTERPRET=1``
   to test the real kernels on a GPU).
+* ``GPSTOKEN_TEST_NO_TRITON=1`` makes ``import triton`` fail (``tests/no_triton.py``), to test
+  a machine without Triton.
 * ``official`` fixture: the folder of official reference outputs, ``../shared/fixtures/official``
   next to the repository. Tests that need it skip with a reason when it is absent, except
   when ``CI`` is set, where its absence is an error.
 """
 import os
+import sys
 from pathlib import Path
+
+if os.environ.get("GPSTOKEN_TEST_NO_TRITON") == "1":
+    sys.path.insert(0, str(Path(__file__).parent))
+    import no_triton
+
+    no_triton.install()
 
 if not os.environ.get("GPSTOKEN_TEST_NO_INTERPRET"):
     os.environ.setdefault("TRITON_INTERPRET", "1")

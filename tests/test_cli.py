@@ -22,15 +22,23 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def test_cli_encode_decode_show_reconstruct(tmp_path):
-    src = str(Path(SRC).with_name("coffee.png"))
+@pytest.fixture
+def small(tmp_path) -> str:
+    """A 96x64 crop of a photo (one patch: quick)."""
+    path = tmp_path / "small.png"
+    Image.open(Path(SRC).with_name("coffee.png")).crop((100, 60, 196, 124)).save(path)
+    return str(path)
+
+
+def test_cli_encode_decode_show_reconstruct(tmp_path, small):
+    src = small
     assert cli.main(["encode", src, "-o", str(tmp_path / "c.gpst"), "--tokens", "32"]) == 0
     assert cli.main(["decode", str(tmp_path / "c.gpst"), "-o", str(tmp_path / "c.png")]) == 0
     assert Image.open(tmp_path / "c.png").size == Image.open(src).size
     assert cli.main(["show", str(tmp_path / "c.gpst"), "-o", str(tmp_path / "l.png"), "--image", src]) == 0
     assert Image.open(tmp_path / "l.png").size == Image.open(src).size
     assert cli.main(["reconstruct", src, "-o", str(tmp_path / "new" / "r.png"), "--tokens", "16"]) == 0
-    assert Image.open(tmp_path / "new" / "r.png").size == (300, 200)
+    assert Image.open(tmp_path / "new" / "r.png").size == (96, 64)
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -58,7 +66,7 @@ def test_failures_are_one_line_with_the_fix(tmp_path, capsys, argv, expected):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_full_disk_keeps_the_old_output(tmp_path, capsys, monkeypatch):
+def test_full_disk_keeps_the_old_output(tmp_path, capsys, monkeypatch, small):
     out = tmp_path / "r.png"
     out.write_bytes(b"old picture")
 
@@ -67,10 +75,10 @@ def test_full_disk_keeps_the_old_output(tmp_path, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", full_disk)
-    code, err = _run(capsys, "reconstruct", SRC, "-o", str(out), "--tokens", "16")
+    code, err = _run(capsys, "reconstruct", small, "-o", str(out), "--tokens", "16")
     assert code == 1
     assert "no space left on the device" in _one_line(err) and "free some space" in err
-    assert out.read_bytes() == b"old picture" and sorted(p.name for p in tmp_path.iterdir()) == ["r.png"]
+    assert out.read_bytes() == b"old picture" and sorted(p.name for p in tmp_path.iterdir()) == ["r.png", "small.png"]
 
 
 def test_usage_errors_exit_2_and_debug_shows_the_traceback(tmp_path, capsys):

@@ -95,10 +95,12 @@ def test_np2_encode_merge_render(small):
         close(model.render(c["np2/gpscodes"], (2, 2)), c["np2/rendered"], 1e-5)
 
 
-def test_np2_decode(small):
+@pytest.mark.parametrize("tile", [None, 1])
+def test_np2_decode(small, tile):
+    """The official 2x2-patch decode, untiled and tile by tile (gpstoken.models.tiled)."""
     model, c = small
     with torch.inference_mode():
-        close(model.decode(c["np2/gpscodes"], (2, 2)), c["np2/recon"], 1e-4)
+        close(model.decode(c["np2/gpscodes"], (2, 2), tile=tile), c["np2/recon"], 1e-4)
 
 
 def test_merge_is_per_image_for_batches():

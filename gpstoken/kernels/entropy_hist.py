@@ -15,15 +15,25 @@ integer comparisons. This equals numpy's edge-corrected ``np.histogram`` binning
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
+from . import triton_available
 from ._torch_impl import HALF_BINS, gradient_hist_torch
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    _jit = triton.jit
+else:  # no Triton (macOS, Windows): the kernel is never launched, the torch twin runs
+
+    def _jit(fn):
+        return fn
+
 
 SIZE = 64
 
 
-@triton.jit
+@_jit
 def _gradient_hist_kernel(r_ptr, out_ptr, SIZE_C: tl.constexpr, NBINS: tl.constexpr):
     cell = tl.program_id(0)
     rows = tl.arange(0, SIZE_C)[:, None]
@@ -67,8 +77,8 @@ def gradient_hist_triton(r: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_hist(r: torch.Tensor) -> torch.Tensor:
-    """Dispatch: CUDA tensors -> Triton kernel, anything else -> torch twin."""
-    if r.is_cuda:
+    """Dispatch: CUDA tensors -> Triton kernel (when Triton is installed), else the torch twin."""
+    if r.is_cuda and triton_available():
         return gradient_hist_triton(r)
     return gradient_hist_torch(r)
 

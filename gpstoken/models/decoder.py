@@ -14,6 +14,8 @@ on CPU at inference (:mod:`gpstoken.models.winograd`).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,9 +24,27 @@ from ..geometry import Grid, join_patches, split_patches
 from .configs import DecoderConfig
 from .winograd import Conv3x3
 
-__all__ = ["PatchGroupNorm", "Decoder"]
+__all__ = ["PatchGroupNorm", "Decoder", "Norms"]
 
 NUM_GROUPS = 32
+
+
+class Norms:
+    """What the decoder's layers receive instead of a grid when decoding one tile of a larger
+    map (:mod:`gpstoken.models.tiled`): every :class:`PatchGroupNorm` hands its input to
+    :meth:`norm`, and the patch attention asks :meth:`attention_grid` how the tile splits."""
+
+    def norm(self, layer: "PatchGroupNorm", x: torch.Tensor, swish: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def whole(self) -> "Norms":
+        """The variant for ``norm_out`` (statistics over the whole map)."""
+        raise NotImplementedError
+
+    def attention_grid(self, x: torch.Tensor) -> Grid:
+        raise NotImplementedError
+
+
 _VAR_FLOOR = 1e-30  # added to the variance inside the group norm kernel (see PatchGroupNorm)
 
 
@@ -48,8 +68,12 @@ class PatchGroupNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
-    def forward(self, x: torch.Tensor, grid: Grid = (1, 1), swish: bool = False) -> torch.Tensor:
-        """x: float [B,C,H,W], H and W divisible by the grid. ``swish`` fuses a SiLU after it."""
+    def forward(self, x: torch.Tensor, grid: Grid | "Norms" = (1, 1), swish: bool = False) -> torch.Tensor:
+        """x: float [B,C,H,W], H and W divisible by the grid. ``swish`` fuses a SiLU after it.
+
+        ``grid`` may instead be a :class:`Norms` (tiled decoding), which then does the norm."""
+        if not isinstance(grid, tuple):
+            return grid.norm(self, x, swish)
         b, c, hh, ww = x.shape
         k, m = grid
         g = NUM_GROUPS
@@ -102,8 +126,10 @@ class AttnBlock(nn.Module):
         self.v = nn.Conv2d(channels, channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: Grid | Norms) -> torch.Tensor:
         """x: [B,C,k*h,m*w]; every (h, w) patch is normalised and attends on its own."""
+        if not isinstance(grid, tuple):
+            grid = grid.attention_grid(x)
         patches = split_patches(x, grid) if grid != (1, 1) else x
         n, c, h, w = patches.shape
         tokens = self.norm(patches).permute(0, 2, 3, 1).reshape(n, h * w, c)
@@ -187,11 +213,27 @@ class Decoder(nn.Module):
         self.norm_out = PatchGroupNorm(cfg.ch * cfg.ch_mult[0])
         self.conv_out = nn.Conv2d(cfg.ch * cfg.ch_mult[0], cfg.out_ch, 3, padding=1)
 
+    @property
+    def scale(self) -> int:
+        """Output pixels per input pixel (per side)."""
+        return 2 ** (len(self.up) - 1)
+
     def forward(self, z: torch.Tensor, grid: Grid = (1, 1)) -> torch.Tensor:
         """z: float [B, z_channels, k*h0, m*w0] -> float [B, out_ch, k*h0*2^(L-1), m*w0*2^(L-1)]."""
+        return self.tail(self.attend(self.head(z, grid), grid), grid)
+
+    # The three parts of forward; tiled decoding (gpstoken.models.tiled) runs them tile by tile.
+    def head(self, z: torch.Tensor, grid: Grid | Norms) -> torch.Tensor:
+        """conv_in and the first mid block: [B, z_channels, H, W] -> [B, C_mid, H, W]."""
         h = self.conv_in(z.contiguous(memory_format=torch.channels_last))
-        h = self.mid.block_1(h, grid)
-        h = self.mid.attn_1(h, grid)
+        return self.mid.block_1(h, grid)
+
+    def attend(self, h: torch.Tensor, grid: Grid | Norms) -> torch.Tensor:
+        """The mid attention, within each patch (no context beyond the patch)."""
+        return self.mid.attn_1(h, grid)
+
+    def tail(self, h: torch.Tensor, grid: Grid | Norms) -> torch.Tensor:
+        """Everything after the mid attention: [B, C_mid, H, W] -> [B, out_ch, H*scale, W*scale]."""
         h = self.mid.block_2(h, grid)
         for i_level in reversed(range(len(self.up))):
             level = self.up[i_level]
@@ -200,5 +242,25 @@ class Decoder(nn.Module):
             if i_level != 0:
                 h = level.upsample(h)
         # official DecoderNP: norm_out(h) without _np, i.e. one block over the whole map
-        h = self.conv_out(self.norm_out(h, (1, 1), swish=True))
+        h = self.conv_out(self.norm_out(h, (1, 1) if isinstance(grid, tuple) else grid.whole(), swish=True))
         return h.contiguous()
+
+    def context(self, part: str) -> int:
+        """Input pixels of context ``head`` or ``tail`` needs on each side of a region to compute
+        it exactly: one per 3x3 convolution, counted at the input resolution, rounded up."""
+        if part == "head":
+            return _reach(self.conv_in) + _reach(self.mid.block_1)
+        if part != "tail":
+            raise ValueError(f"part: expected 'head' or 'tail', got {part!r}")
+        reach, scale = float(_reach(self.mid.block_2)), 1
+        for i_level in reversed(range(len(self.up))):
+            reach += _reach(self.up[i_level].block) / scale
+            if i_level != 0:
+                scale *= 2
+                reach += _reach(self.up[i_level].upsample) / scale
+        return math.ceil(reach + _reach(self.conv_out) / scale)
+
+
+def _reach(module: nn.Module) -> int:
+    """Pixels of context the convolutions in ``module`` add on each side, in sequence."""
+    return sum((m.kernel_size[0] - 1) // 2 for m in module.modules() if isinstance(m, nn.Conv2d))

@@ -22,15 +22,19 @@ checkpoints were trained with it.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..geometry import GEOMETRY, PATCH, Grid, check_grid, join_patches, merge_patch_tokens
 from ..render import splat
 from .configs import TokenizerConfig
 from .decoder import NUM_GROUPS, Decoder
 from .roi_align import roi_align
+from .tiled import decode_tiled
 
 __all__ = ["GPSTokenizer", "merge_patch_tokens"]
 
@@ -208,18 +212,29 @@ class GPSTokenizer(nn.Module):
             merged[..., :GEOMETRY], merged[..., GEOMETRY:], size=size, support=self.config.gps_dmax
         )
 
-    def decode(self, tokens: torch.Tensor, grid: Grid = (1, 1), per_patch: bool = False) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, grid: Grid = (1, 1), per_patch: bool = False,
+               tile: Optional[int] = None, progress: bool = False) -> torch.Tensor:
         """Tokens -> images float [B,3,256k,256m] in about [-1,1].
 
         tokens: float [B*k*m,N,5+gps_c]. Default: merged render + patch-aware decoder (the
         official path of S64/M128). ``per_patch=True``: decode every patch alone and stitch
-        (the official path of L256 at higher resolution).
+        (the official path of L256 at higher resolution). ``tile``: bound the memory by
+        decoding ``tile x tile`` patches at a time (:func:`.tiled.decode_tiled` for the merged
+        map: the same result up to float rounding, slower); None: all at once.
         """
         k, m = self._check_tokens(tokens, grid)
         if per_patch:
-            patches = self.decoder(self.render(tokens, (1, 1)), (1, 1))
+            if tile is None:
+                patches = self.decoder(self.render(tokens, (1, 1)), (1, 1))
+            else:
+                chunks = tokens.split(tile * tile)
+                patches = torch.cat([self.decoder(self.render(c, (1, 1)), (1, 1))
+                                     for c in tqdm(chunks, desc="decode", unit="chunk", disable=not progress,
+                                                   leave=False)])
             return join_patches(patches, (k, m)).contiguous()
-        return self.decoder(self.render(tokens, (k, m)), (k, m))
+        if tile is None or (k, m) == (1, 1):
+            return self.decoder(self.render(tokens, (k, m)), (k, m))
+        return decode_tiled(self.decoder, self.render(tokens, (k, m)), (k, m), tile, progress)
 
     def forward(
         self, images: torch.Tensor, g_init: torch.Tensor, regions: torch.Tensor
