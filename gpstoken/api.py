@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from . import validate
+from . import hub, validate
 from .layout import Layout
 from .layout import calibrate as _calibrate
 from .partition import partition
@@ -36,10 +36,20 @@ def encode(image: ImageLike, n_tokens: Optional[int] = None, *, layout: Optional
 
 def decode(tokens: GPSTokens, *, model: Optional[str | Tokenizer] = None, device=None) -> ImageLike:
     """Decode :class:`GPSTokens` into images of the encoded size, in the kind that was encoded
-    (PIL for tokens loaded from a file): :meth:`Tokenizer.decode`. model: defaults to ``tokens.model``."""
+    (PIL for tokens loaded from a file): :meth:`Tokenizer.decode`. model: defaults to
+    ``tokens.model`` when that is a registry name (the embedded default included); tokens of any
+    other model (a Hub id, a local file) need ``model=``, so that a token file never makes
+    gpstoken load or download what it names."""
     if not isinstance(tokens, GPSTokens):
         raise TypeError(f"tokens: expected gpstoken.GPSTokens (from encode or GPSTokens.load), got {type(tokens).__name__}")
-    return _tokenizer(model if model is not None else tokens.model, device).decode(tokens)
+    if model is None:
+        if tokens.model != "default" and tokens.model not in hub.list_pretrained("tokenizer"):
+            raise ValueError(
+                f"model: the tokens were made by {tokens.model!r}, which is not a registered model; pass "
+                f"model= (--model on the command line): the checkpoint file, or the Hub id if you trust it"
+            )
+        model = tokens.model
+    return _tokenizer(model, device).decode(tokens)
 
 
 def reconstruct(image: ImageLike, n_tokens: Optional[int] = None, *, layout: Optional[Layout] = None,

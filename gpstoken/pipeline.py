@@ -88,6 +88,7 @@ class Tokenizer:
     def __init__(self, model: GPSTokenizer, name: str, device: torch.device, dtype: torch.dtype,
                  *, decode_per_patch: bool = False, resolved: Optional[hub.ResolvedCheckpoint] = None):
         self.model = model.eval().to(device)
+        #: portable model id (registry name, Hub id or checkpoint file name), recorded in tokens
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -99,6 +100,11 @@ class Tokenizer:
     @property
     def config(self) -> TokenizerConfig:
         return self.model.config
+
+    @property
+    def checkpoint_hash(self) -> str:
+        """SHA-256 of the loaded checkpoint file ("" for a model not loaded from a file)."""
+        return hub.file_digest(self.resolved.path) if self.resolved is not None else ""
 
     def __repr__(self) -> str:
         c = self.config
@@ -163,7 +169,7 @@ class Tokenizer:
             ])
         tokens = tokens.reshape(b, grid[0] * grid[1] * n, -1)
         return GPSTokens(tokens[..., :GEOMETRY].contiguous(), tokens[..., GEOMETRY:].contiguous(),
-                         (h, w), layout, self.name)
+                         (h, w), layout, self.name, model_hash=self.checkpoint_hash)
 
     def decode_tensor(self, tokens: GPSTokens) -> torch.Tensor:
         """Tokens -> float32 [B,3,H,W] in [-1,1] at the tokens' image size."""
@@ -173,7 +179,11 @@ class Tokenizer:
                 f"tokens: have {tokens.features.shape[-1]} feature channels (model {tokens.model!r}), "
                 f"but tokenizer {self.name!r} decodes {c}; decode them with model={tokens.model!r}"
             )
-        if tokens.model != self.name:
+        if tokens.model_hash and self.checkpoint_hash and tokens.model_hash != self.checkpoint_hash:
+            warnings.warn(f"tokens were made by {tokens.model!r} (checkpoint sha256 {tokens.model_hash[:12]}...), "
+                          f"decoding with {self.name!r} (sha256 {self.checkpoint_hash[:12]}...): another checkpoint",
+                          stacklevel=3)
+        elif tokens.model != self.name:
             warnings.warn(f"decoding tokens of {tokens.model!r} with {self.name!r}", stacklevel=3)
         grid = tokens.layout.grid
         b = tokens.geometry.shape[0]
@@ -462,7 +472,13 @@ def _expand_batch(layout: Layout, n: int, of: str) -> Layout:
 
 
 def _model_id(name_or_path: str, resolved: hub.ResolvedCheckpoint) -> str:
-    return resolved.spec.name if resolved.spec is not None else str(name_or_path)
+    """The id recorded in token files: the registry name, the Hub id (``owner/repo[@rev]:file``),
+    or a local checkpoint's file name (never a path: token files travel between machines)."""
+    if resolved.spec is not None:
+        return resolved.spec.name
+    if resolved.repo_id is not None:
+        return resolved.source
+    return resolved.path.name
 
 
 def _build(cls, config, state: dict, name: str):

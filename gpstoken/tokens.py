@@ -6,7 +6,8 @@ A ``.gpst`` file is one safetensors file holding four tensors
 * ``layout.geometry`` ``[B,N,5]`` and ``layout.regions`` ``[B,N,4]`` (the layout they came from),
 
 and string metadata ``format = "gpst"``, ``format_version``, ``image_size`` and ``grid``
-(JSON pairs) and ``model`` (the tokenizer id). Files are written atomically through
+(JSON pairs), ``model`` (the tokenizer's portable id) and ``model_hash`` (its checkpoint's
+SHA-256). Files are written atomically through
 :mod:`gpstoken.io`, so a crash never leaves a half-written ``.gpst``.
 """
 from __future__ import annotations
@@ -43,7 +44,10 @@ class GPSTokens:
         features: float ``[B,N,C]`` texture features, finite.
         image_size: ``(H, W)`` of the original image (equals ``layout.image_size``).
         layout: the :class:`~gpstoken.layout.Layout` the tokens were encoded from.
-        model: id of the tokenizer that produced them (registry name or path).
+        model: portable id of the tokenizer that produced them: a registry name, a Hub id
+            ``owner/repo[@revision][:file]``, or the file name of a local checkpoint.
+        model_hash: SHA-256 of that checkpoint file ("" when unknown); decoding with another
+            checkpoint warns.
         source: the kind of image that was encoded (``decode`` returns that kind); None for
             tokens without one (e.g. loaded from a file): they decode to PIL images.
 
@@ -57,6 +61,7 @@ class GPSTokens:
     layout: Layout
     model: str
     source: ImageKind | None = field(default=None, compare=False)
+    model_hash: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, Layout):
@@ -157,6 +162,7 @@ class GPSTokens:
             "image_size": json.dumps(list(self.image_size)),
             "grid": json.dumps(list(self.grid)),
             "model": self.model,
+            "model_hash": self.model_hash,
         }
         return write_safetensors(tensors, path, metadata)
 
@@ -205,5 +211,6 @@ class GPSTokens:
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError(f"load: {path} has broken metadata ({e!r}); expected image_size, grid and model") from e
         layout = Layout(tensors["layout.geometry"], tensors["layout.regions"], image_size, grid)
-        tokens = cls(tensors["geometry"], tensors["features"], image_size, layout, model)
+        tokens = cls(tensors["geometry"], tensors["features"], image_size, layout, model,
+                     model_hash=metadata.get("model_hash", ""))
         return tokens.to(device) if device is not None else tokens
