@@ -28,6 +28,7 @@ from . import shards
 from .image_dataset import PreparedImages, Processes, loader
 from .images import MIN_SIDE
 from .inception import load_inception
+from .io import atomic_path, write_safetensors, write_text
 from .metrics import STLPIPS, STLPIPS_INSTALL, FeatureMoments, frechet_distance, psnr, ssim, stlpips_available
 from .pipeline import load_tokenizer
 from .pretokenize import PREPROCESSING, check_token_count, encode_batch
@@ -123,7 +124,7 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
         parts = out / "parts"
         parts.mkdir(exist_ok=True)
         run = json.dumps({**header, "batch_size": batch_size, "features": fid_note}, sort_keys=True)
-        shards.write_safetensors(sums.tensors(), parts / f"rank{procs.rank}of{procs.world}.safetensors",
+        write_safetensors(sums.tensors(), parts / f"rank{procs.rank}of{procs.world}.safetensors",
                                  {"skipped": json.dumps(sums.skipped), "run": run})
         merged = _Sums(keys, sums.real.sum.numel() if sums.real else None)
         for r in range(procs.world):
@@ -247,7 +248,8 @@ def plot(results: dict[str, Any], path: Path) -> Optional[str]:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return None
 
@@ -258,5 +260,5 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     why = plot(results, out / "eval.png")
     if why:
         results["plot"] = f"not made: {why}"
-    shards.write_text(out / "eval.json", json.dumps(results, indent=1) + "\n")
-    shards.write_text(out / "eval.md", markdown_table(results))
+    write_text(out / "eval.json", json.dumps(results, indent=1) + "\n")
+    write_text(out / "eval.md", markdown_table(results))

@@ -57,7 +57,7 @@ from .checkpoint import (  # noqa: F401  (the error types are part of this modul
     save_checkpoint,
 )
 from .imagenet import imagenet_classes
-from .io import write_safetensors
+from .io import write_safetensors, write_text
 from .models.configs import SIT_ARCHS, TOKENIZER_ARCHS, TokenizerConfig
 from .sampling import SamplingDefaults
 
@@ -657,15 +657,9 @@ def save_folder(folder: str | os.PathLike, state: Mapping[str, torch.Tensor], co
         raise NotADirectoryError(f"folder: {folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(state, folder / "model.safetensors", config, kind, extra_metadata)
-    _write_text(folder / "config.json", json.dumps(dict(config), indent=2) + "\n")
-    _write_text(folder / "README.md", card)
+    write_text(folder / "config.json", json.dumps(dict(config), indent=2) + "\n")
+    write_text(folder / "README.md", card)
     return folder
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def check_repo_id(repo_id: Any, name: str = "repo_id") -> None:

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+
+from .io import write_safetensors, write_text
 
 FORMAT = "gpstoken-token-shards"
 FORMAT_VERSION = 1
@@ -46,39 +46,6 @@ TENSORS = ("geometry", "features", "layout.geometry", "layout.regions", "source_
 
 def shard_name(s: int) -> str:
     return f"shard-{s:05d}.safetensors"
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through ``write(tmp_path)`` to a temporary file beside ``path``, then rename.
-    (To be replaced by ``gpstoken.io`` once that lands: same ``write_text`` /
-    ``write_safetensors`` signatures.)"""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the files the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    path = Path(path)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-    return path
-
-
-def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                      metadata: dict[str, str] | None = None) -> Path:
-    """Write tensors (moved to CPU, contiguous) as one safetensors file, atomically."""
-    path = Path(path)
-    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(data, tmp, metadata=metadata))
-    return path
 
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], run: dict[str, Any], ids: list[str],
