@@ -84,7 +84,6 @@ def _cmd_decode(a: argparse.Namespace) -> None:
 
 
 def _cmd_show(a: argparse.Namespace) -> None:
-    import gpstoken
 
     _check_outputs(a.output)
     tokens = _load_tokens(a.input)

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..geometry import PATCH, cells_to_arrays
+from ..io import write_safetensors
 from .data import CropDataset, DataConfig, layout_cells, make_loader, training_images
 
 FORMAT_VERSION = 1
@@ -64,8 +65,6 @@ def build_crop_cache(cfg: DataConfig, path: str | os.PathLike, samples: int, tok
     """Write ``samples`` training crops of ``cfg`` (seed ``seed``) with their layouts at each
     of ``token_counts`` to ``path`` (see the module docstring). Uses ``cfg.num_workers``
     DataLoader workers. Returns the path."""
-    from ..checkpoint import atomic_save
-
     if samples < 1:
         raise ValueError(f"samples: must be >= 1, got {samples}")
     counts = sorted({int(n) for n in token_counts})
@@ -84,7 +83,7 @@ def build_crop_cache(cfg: DataConfig, path: str | os.PathLike, samples: int, tok
             parts.setdefault(k, []).append(v)
     tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
     meta = {"format_version": FORMAT_VERSION, "token_counts": counts, "seed": seed, "data": cfg.to_dict()}
-    return atomic_save(tensors, path, {"crop_cache": json.dumps(meta)})
+    return write_safetensors(tensors, path, {"crop_cache": json.dumps(meta)})
 
 
 class CachedCrops(Dataset):
