@@ -28,6 +28,7 @@ from typing import Any, overload
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 __all__ = [
     "SAMPLERS", "SamplingDefaults", "VelocityFn", "cfg_velocity", "check_sampling", "sample", "sample_dopri5",
@@ -131,14 +132,10 @@ def sbdm_diffusion(t: Tensor | float) -> Tensor | float:
 
 @contextmanager
 def _progress(total: float, enabled: bool, desc: str) -> Iterator[Any]:
-    """A tqdm bar when ``enabled`` (tqdm is then required), else an object whose ``update`` is a no-op."""
+    """A tqdm bar when ``enabled``, else an object whose ``update`` is a no-op."""
     if not enabled:
         yield _NoBar()
         return
-    try:
-        from tqdm.auto import tqdm
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("progress=True needs the 'tqdm' package (pip install tqdm)") from exc
     bar = tqdm(total=total, desc=desc, leave=False)
     try:
         yield bar
