@@ -16,18 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import best_of
 
 from gpstoken import hub
 from gpstoken.layout_bank import load_layout_bank, read_initg_pickle
-
-
-def best_of(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _timing import best_of  # noqa: E402
 
 from gpstoken.geometry import cells_to_arrays, split_patches  # noqa: E402
 from gpstoken.images import pad_to_patches  # noqa: E402
@@ -48,15 +49,6 @@ def _photo(side: int) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1).float()[None]
 
 
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1e3
-
-
 @contextlib.contextmanager
 def _torch_path():
     """Temporarily hide the native module so gpstoken runs its pure-torch path."""
@@ -84,7 +76,7 @@ def main() -> None:
         patches = split_patches(*pad_to_patches(img))
         greys = [ref_grey_of(p) for p in patches]
         dev_img = img.to(args.device)
-        ref = _best(lambda: [reference_partition(g, n) for g in greys], max(1, args.repeat - 2))
+        ref = best_of(lambda: [reference_partition(g, n) for g in greys], max(1, args.repeat - 2)) * 1e3
         want = np.concatenate([cells_to_arrays(reference_partition(g, n)[0])[1] for g in greys])
         runs = []
         with _torch_path() if args.device == "cpu" else contextlib.nullcontext():
@@ -99,7 +91,7 @@ def _timed(img: torch.Tensor, n: int, want: np.ndarray, repeat: int) -> float:
     got = partition(img, n).regions[0].numpy()  # also the warm-up (caches, kernel compile)
     if not np.array_equal(got, want):
         raise AssertionError("gpstoken.partition differs from the reference")
-    return _best(lambda: partition(img, n), repeat)
+    return best_of(lambda: partition(img, n), repeat) * 1e3
 
 
 if __name__ == "__main__":

@@ -27,22 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _timing import best_of  # noqa: E402
+
 from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
 from gpstoken.train.data import PATCH, CropDataset, layout_arrays, training_images  # noqa: E402
 from gpstoken.train.losses import reconstruction_loss  # noqa: E402
 from gpstoken.train.tokenizer_trainer import TokenizerTrainConfig, freeze_parameters  # noqa: E402
 
 DATA_SAMPLES = 8
-
-
-def best_of(fn: Callable[[], None], reps: int) -> float:
-    fn()  # warm-up (allocator, oneDNN primitives)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def fwd_bwd(module: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> Callable[[], None]:
@@ -142,7 +134,7 @@ def breakdown(cfg: TokenizerTrainConfig, batch: int, n_tokens: int, reps: int) -
     parts = [("encoder (stem, RoIAlign, transformer)", fwd_bwd(lambda x: model.encode(x, g, r), images)),
              ("render (splat)", fwd_bwd(model.render, tokens))]
     parts += decoder_stages(model, feat)
-    timed = [(name, best_of(fn, reps)) for name, fn in parts]
+    timed = [(name, best_of(fn, reps, warmup=True)) for name, fn in parts]
     total = sum(t for _, t in timed)
     print(f"\ndata: {t_data:.3f} s per sample ({cfg.data.init} layout, crop of a freshly decoded photo, one worker)\n")
     print(f"| part (fwd + bwd, fp32, batch {batch}) | seconds | share |")
