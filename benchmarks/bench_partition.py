@@ -23,12 +23,11 @@ from _timing import best_of  # noqa: E402
 
 from gpstoken.geometry import cells_to_arrays, split_patches  # noqa: E402
 from gpstoken.images import pad_to_patches  # noqa: E402
+from gpstoken.partition import native as native_path  # noqa: E402
 from gpstoken.partition import native_available, partition  # noqa: E402
 
 from reference_partition import grey_of as ref_grey_of  # noqa: E402
 from reference_partition import reference_partition  # noqa: E402
-
-PARTITION = sys.modules["gpstoken.partition"]
 
 CASES = [  # (label, side, tokens per 256 patch)
     ("256 / 16", 256, 16),
@@ -52,11 +51,11 @@ def _photo(side: int) -> torch.Tensor:
 @contextlib.contextmanager
 def _torch_path():
     """Temporarily hide the native module so gpstoken runs its pure-torch path."""
-    native, PARTITION._native = PARTITION._native, None
+    native, native_path._native = native_path._native, None
     try:
         yield
     finally:
-        PARTITION._native = native
+        native_path._native = native
 
 
 def main() -> None:

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from gpstoken.geometry import cells_to_arrays
 from gpstoken.kernels import entropy_hist
 from gpstoken.partition import (
-    _partition_stack,
-    cells_to_arrays,
     complexities,
     grey_of,
     max_cells,
@@ -21,6 +19,8 @@ from gpstoken.partition import (
     partition,
     partition_patch,
 )
+from gpstoken.partition import native as native_path
+from gpstoken.partition.api import partition_stack
 
 from reference_partition import grey_of as ref_grey_of
 from reference_partition import reference_partition
@@ -43,7 +43,7 @@ def fixtures(official):
 def backend(request, monkeypatch):
     """Run a test on the native C path and on the pure-torch path (its reference)."""
     if request.param == "torch":
-        monkeypatch.setattr(sys.modules["gpstoken.partition"], "_native", None)
+        monkeypatch.setattr(native_path, "_native", None)
     elif not native_available():
         pytest.skip("gpstoken._cpartition is not built (no C compiler at install); the torch path is tested")
     return request.param
@@ -65,7 +65,7 @@ def test_official_256(fixtures, n, backend):
     root, index, tensors = fixtures
     images = index["images256"]
     grey = grey_of(torch.stack([_load(root / im["file"]) for im in images]))
-    cells = _partition_stack(grey, n, 2.5, 8, None)
+    cells = partition_stack(grey, n, 2.5, 8, None)
     for im, got, g in zip(images, cells, grey):
         key = f"{im['name']}/n{n}"
         geometry, regions = cells_to_arrays(got)
@@ -172,7 +172,7 @@ def test_native_equals_torch_path(shape, monkeypatch):
     ys, xs = rng.integers(0, shape[0], (2, 40)), rng.integers(0, shape[1], (2, 40))
     boxes = np.stack([xs.min(0), ys.min(0), xs.max(0), ys.max(0)], 1)  # random cells, any size
     values = [complexities(grey, boxes), complexities(grey, boxes, bias=bias)]
-    monkeypatch.setattr(sys.modules["gpstoken.partition"], "_native", None)
+    monkeypatch.setattr(native_path, "_native", None)
     np.testing.assert_array_equal(cells[0], partition_patch(grey, n))
     np.testing.assert_array_equal(cells[1], partition_patch(grey, n, bias=bias))
     np.testing.assert_array_equal(values[0], complexities(grey, boxes))
@@ -313,10 +313,11 @@ def _blocks_for_fast_counts(h: int, w: int) -> list[torch.Tensor]:
 @pytest.mark.parametrize("h, w", [(8, 16), (16, 16), (16, 32), (32, 32), (64, 32), (64, 64), (128, 64),
                                   (256, 256), (37, 50), (100, 70), (3, 5), (1, 1), (150, 300)])
 def test_fast_counts_equal_exact_histogram(h, w):
-    from gpstoken.partition import _MARGIN, _fast_counts, _resize
+    from gpstoken.partition.fast_hist import MARGIN, fast_counts
+    from gpstoken.partition.resize import resize
 
     groups = _blocks_for_fast_counts(h, w)
-    want = torch.cat([entropy_hist.gradient_hist_torch(_resize(b)).long() for b in groups])
-    torch.testing.assert_close(_fast_counts(groups, _MARGIN), want, rtol=0, atol=0)
+    want = torch.cat([entropy_hist.gradient_hist_torch(resize(b)).long() for b in groups])
+    torch.testing.assert_close(fast_counts(groups, MARGIN), want, rtol=0, atol=0)
     # a margin wider than any bin marks every pixel uncertain: the exact path alone
-    torch.testing.assert_close(_fast_counts(groups[2:3], 300.0), want[12:18], rtol=0, atol=0)
+    torch.testing.assert_close(fast_counts(groups[2:3], 300.0), want[12:18], rtol=0, atol=0)
