@@ -6,14 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from gpstoken.geometry import geometry_from_cells, regions_from_geometry
 from gpstoken.layout import (
     Layout,
     calibrate,
-    geometry_from_cells,
     is_valid_cell,
     is_valid_layout,
     min_cell_side,
-    regions_from_geometry,
 )
 
 
