@@ -159,7 +159,7 @@ def test_kind_recorded_in_the_file_is_checked(tmp_path):
 
 def test_embedded_default_missing_is_a_clear_error(monkeypatch):
     spec = hub.PretrainedSpec("gpstoken-tiny", "tokenizer", None, "no_such_file.safetensors")
-    monkeypatch.setitem(hub._REGISTRY, "gpstoken-tiny", spec)
+    monkeypatch.setitem(hub.registry._REGISTRY, "gpstoken-tiny", spec)
     with pytest.raises(hub.CheckpointNotFoundError, match="embedded checkpoint weights/no_such_file.safetensors"):
         hub.resolve("default", "tokenizer")
 
