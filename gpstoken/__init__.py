@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# ``partition`` and ``render`` are also submodule names: importing a submodule binds its name
-# on the package, so these two functions are bound eagerly (after their modules load) to keep
-# ``gpstoken.partition(...)`` and ``gpstoken.render(...)`` callable.
+# ``partition`` and ``render`` are also package names: importing a package binds its name on
+# ``gpstoken``, so these two functions are bound eagerly (after their packages load) to keep
+# ``gpstoken.partition(...)`` and ``gpstoken.render(...)`` callable. Their packages' modules are
+# reached with ``from`` imports (``from gpstoken.partition import native``), never via sys.modules.
 from .partition import partition as partition  # noqa: E402
 from .render import render as render  # noqa: E402
 

@@ -1,88 +1,18 @@
-"""Splatting render of GPS tokens into a feature map (docs/algorithms.md section 2).
-
-``render(geometry [B,N,5], features [B,N,C], size=(h,w), support=3.0) -> [B,C,h,w]``
-
-Pixel (i, j) of an h x w map sits at ``x = 2j/(w-1) - 1``, ``y = 2i/(h-1) - 1``. A token
-contributes ``v * f`` where ``v`` is the unnormalised Gaussian value, and only where
-``|dx| <= support*sigma_x`` and ``|dy| <= support*sigma_y``.
-
-Three implementations of the same formula:
-
-* ``render_dense``: the reference, O(B*N*h*w) memory; every other path is tested against it.
-* culled torch path (``backend="torch"``, :class:`gpstoken.kernels._torch_impl.CulledRender`,
-  the twin of the kernels): only the (token, pixel) pairs inside each token's cut-off box are
-  evaluated; memory and time are proportional to the covered pixels.
-* Triton kernels (``backend="triton"``, ``gpstoken/kernels/splat_*.py``): a pixel-tiled
-  forward and a per-token backward, both deterministic.
-"""
+"""Public render (checked by :mod:`gpstoken.validate`) and :func:`splat` (unchecked, for models):
+the dispatch between the culled torch path, the Triton kernels and the dense reference."""
 from __future__ import annotations
 
 import os
 
 import torch
 
-from . import validate
-from .geometry import pixel_coords
-from .kernels import triton_available
-from .kernels._torch_impl import CulledRender, device_pixel_coords
-from .kernels._torch_impl import pixel_bounds as pixel_bounds  # public here (tests, users)
+from .. import validate
+from ..kernels import triton_available
+from ..kernels._torch_impl import CulledRender
+from ..kernels._wrapper import TritonSplat
+from .dense import render_dense
 
 BACKENDS = ("auto", "torch", "triton", "dense")
-
-
-def render_dense(
-    geometry: torch.Tensor, features: torch.Tensor, size: tuple[int, int], support: float = 3.0
-) -> torch.Tensor:
-    """Reference O(B*N*h*w*C) dense render; the formula every other path is tested against.
-
-    geometry: float [B,N,5] (sigma_x, sigma_y, rho, mu_x, mu_y); features: float [B,N,C].
-    Returns float [B,C,h,w]. The cut-off box is treated as constant for gradients.
-    """
-    h, w = size
-    sx, sy, rho, mx, my = geometry.unbind(-1)  # [B,N]
-    xs = pixel_coords(w, geometry.device)
-    ys = pixel_coords(h, geometry.device)
-    dx = xs.view(1, 1, 1, w) - mx[..., None, None]  # [B,N,1,w]
-    dy = ys.view(1, 1, h, 1) - my[..., None, None]  # [B,N,h,1]
-    sx_, sy_, rho_ = sx[..., None, None], sy[..., None, None], rho[..., None, None]
-    q = dx**2 / sx_**2 - 2 * rho_ * dx * dy / (sx_ * sy_) + dy**2 / sy_**2
-    v = torch.exp(-q / (2 * (1 - rho_**2)))
-    inside = (dx.abs() <= support * sx_) & (dy.abs() <= support * sy_)
-    v = torch.where(inside.detach(), v, torch.zeros((), dtype=v.dtype, device=v.device))
-    return torch.einsum("bnhw,bnc->bchw", v, features)
-
-
-class _TritonRender(torch.autograd.Function):
-    """Triton forward/backward kernels (float32, contiguous inputs)."""
-
-    @staticmethod
-    def forward(ctx, geometry: torch.Tensor, features: torch.Tensor, h: int, w: int, support: float):
-        from .kernels.splat_forward import splat_forward
-
-        dev = geometry.device
-        xs, ys = device_pixel_coords(w, dev), device_pixel_coords(h, dev)
-        # The interpreter runs one program at a time: use few, large tiles there.
-        bh, bw = (16, 16) if dev.type == "cuda" else (min(64, _pow2(h)), min(64, _pow2(w)))
-        out = splat_forward(geometry, features, xs, ys, support, block_h=bh, block_w=bw)
-        ctx.save_for_backward(geometry, features, xs, ys)
-        ctx.support = support
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):
-        from .kernels.splat_backward import splat_backward
-
-        geometry, features, xs, ys = ctx.saved_tensors
-        block_p = 256 if geometry.is_cuda else 1024
-        grad_geo, grad_feat = splat_backward(
-            geometry, features, xs, ys, ctx.support, grad_out.float().contiguous(), block_p=block_p
-        )
-        return grad_geo, grad_feat, None, None, None
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def render(
@@ -147,7 +77,7 @@ def splat(geometry: torch.Tensor, features: torch.Tensor, size: tuple[int, int],
             raise ValueError("render: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
         g32 = geometry.float().contiguous()
         f32 = features.float().contiguous()
-        return _TritonRender.apply(g32, f32, h, w, support).to(features.dtype)
+        return TritonSplat.apply(g32, f32, h, w, support).to(features.dtype)
     dtype = torch.float64 if wide else torch.float32
     g = geometry.to(dtype).contiguous()
     f = features.to(dtype).contiguous()
