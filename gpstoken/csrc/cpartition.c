@@ -1,6 +1,6 @@
 /* Native CPU path of the entropy-driven partition (docs/algorithms.md section 1).
  *
- * The pure-torch path in gpstoken/partition.py is the reference this file is tested against
+ * The pure-torch path in gpstoken/partition/ (greedy.py) is the reference this file is tested against
  * (tests/test_partition.py runs both on every official fixture and on random cells). Every
  * step repeats the official arithmetic bit for bit:
  *   - bilinear resize to 64x64, columns first, each pass the float32 fma(b - a, t, a)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..geometry import LAST, PATCH, cell_extent, geometry_from_cells, to_pixel
+from ..partition.greedy import splittable
 from .value import Layout
 
 
@@ -22,10 +23,6 @@ def min_cell_side(min_size: int = 8) -> int:
     if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 1:
         raise ValueError(f"min_size: expected a positive int, got {min_size!r}")
     return min(PATCH, 1 << int(math.floor(math.log2(min_size + 1))))
-
-
-def _splittable(w: int, h: int, min_size: int) -> bool:
-    return not (h - 1 <= min_size and w - 1 <= min_size)
 
 
 def is_valid_cell(x0: int, y0: int, x1: int, y1: int, min_size: int = 8) -> bool:
@@ -128,7 +125,7 @@ def _calibrate_patch(geometry: np.ndarray, min_size: int) -> np.ndarray:
     seq = 0
 
     def push(key: int, node: _Node) -> None:
-        if _splittable(node.w, node.h, min_size):
+        if splittable((node.y0, node.x0, node.h, node.w), min_size):
             heapq.heappush(heap, (-(len(node.members) - 1), -node.w * node.h, key))
 
     push(0, root)

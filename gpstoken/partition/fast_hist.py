@@ -33,7 +33,7 @@ from .resize import RESIZE, exact_resize_axis, lerp32, resize_coefficients
 # ``|t_float32 - t_exact| <= 46.5 * sqrt(2) * 100uM + (rounding of t, < 200u) < 4.5e-4 * M``
 # for M >= 1. A pixel whose estimate is farther than ``MARGIN * max(M, 1)`` from every integer
 # has a certain bin (measured error on photos: ~3e-5); the others (~0.1%) are recomputed with
-# the exact float64 procedure (``_exact_bins``) on their 3x3 neighbourhood.
+# the exact float64 procedure (``_exact_inputs`` + ``_exact_from_inputs``) on their 3x3 neighbourhood.
 # t = 0 is not an issue: t >= 0, so bin 0 has no lower edge to cross.
 MARGIN = 6e-4
 _T_SCALE = 512.0 / 11.0
@@ -144,7 +144,7 @@ def _exact_from_inputs(a: torch.Tensor, b: torch.Tensor, ca: torch.Tensor, rb: t
     """Exact upper-half bin (0..255, 256 = above 5.5) from :func:`_exact_inputs`.
 
     Repeats the official computation on the 3x3 neighbourhood only: the resize (columns then
-    rows, float32 fma each, as :func:`resize`), Sobel in float64 with the operation order of
+    rows, float32 fma each, as :func:`.resize.resize`), Sobel in float64 with the operation order of
     :func:`gpstoken.kernels.entropy_hist.gradient_hist_torch`, and its exact binning. Every
     step is elementwise IEEE arithmetic, so the result is bit-identical.
     """
@@ -161,11 +161,6 @@ def _exact_from_inputs(a: torch.Tensor, b: torch.Tensor, ca: torch.Tensor, rb: t
     q.clamp_(max=255)
     q.masked_fill_(t > 2816.0, 256)
     return q.to(torch.int64)
-
-
-def _exact_bins(blocks: torch.Tensor, cell: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """Exact bin of resized pixels ``(i, j)`` (row, column) of cells ``blocks[cell]``."""
-    return _exact_from_inputs(*_exact_inputs(blocks, cell, i, j))
 
 
 class Workspace:

@@ -21,7 +21,9 @@ import torch
 from .complexity import Cell, Evaluator
 
 
-def _splittable(cell: Cell, min_size: int) -> bool:
+def splittable(cell: Cell, min_size: int) -> bool:
+    """The official split rule: a cell ``(y0, x0, h, w)`` is split unless ``h - 1 <= min_size``
+    and ``w - 1 <= min_size``."""
     return cell[2] - 1 > min_size or cell[3] - 1 > min_size
 
 
@@ -46,7 +48,7 @@ def _children(cell: Cell) -> list[Cell]:
 def max_cells(height: int, width: int, min_size: int = 8) -> int:
     """Number of cells reached when every splittable cell is split (1024 for 256 / 8)."""
     cell = (0, 0, height, width)
-    if not _splittable(cell, min_size):
+    if not splittable(cell, min_size):
         return 1
     (a, b), _ = _halves(cell)
     return max_cells(a[2], a[3], min_size) + max_cells(b[2], b[3], min_size)
@@ -66,7 +68,7 @@ class _PatchState:
     def add(self, cell: Cell, c: float, min_size: int) -> tuple[float, int, Cell]:
         item = (-c, self.seq, cell)
         self.seq += 1
-        if _splittable(cell, min_size):
+        if splittable(cell, min_size):
             heapq.heappush(self.heap, item)
         else:
             self.leaves.append(item)
@@ -120,7 +122,7 @@ def _speculate(s: _PatchState, cache: dict[Cell, float], min_size: int) -> list[
             first = second or first
             vals = [-negc / 2, -negc / 2]
         for k, v in zip(first, vals):
-            if _splittable(k, min_size):
+            if splittable(k, min_size):
                 heapq.heappush(heap, (-v, seq, k, spec))
             seq += 1
     return want
