@@ -12,7 +12,8 @@ unavailable with the reason, never an error.
 Outputs in ``out``: ``eval.json``, ``eval.md`` (the markdown table, also printed) and
 ``eval.png`` (each metric against the token count, one line per model; needs matplotlib).
 Multi-process like ``gpstoken tokenize``: process ``RANK`` of ``WORLD_SIZE`` takes every
-``WORLD_SIZE``-th batch, writes its sums to ``out/parts/`` and the last one to finish merges.
+``WORLD_SIZE``-th batch, writes its sums to ``out/parts/`` and the last one to finish merges
+them and removes ``out/parts/`` (eval does not resume: a failed run is simply rerun).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import shards
@@ -37,6 +39,8 @@ from .sources import open_source
 METRICS = (("psnr", "PSNR (dB)", "higher"), ("ssim", "SSIM", "higher"), ("st_lpips", "ST-LPIPS", "lower"),
            ("rfid", "rFID", "lower"))
 _SUMS = ("psnr", "ssim", "st_lpips")
+#: sub-folder of ``out`` where the processes of a multi-process run leave their sums for the merge
+PARTS = "parts"
 
 
 def _uint8(x: torch.Tensor) -> torch.Tensor:
@@ -120,25 +124,52 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
               "models": [t.name for t in toks], "tokens": counts}
     sums = _run(toks, keys, counts, source, size, batches, features, lpips, num_workers,
                 progress and procs.rank == 0)
+    parts: list[Path] = []
     if procs.world > 1:
-        parts = out / "parts"
-        parts.mkdir(exist_ok=True)
         run = json.dumps({**header, "batch_size": batch_size, "features": fid_note}, sort_keys=True)
-        write_safetensors(sums.tensors(), parts / f"rank{procs.rank}of{procs.world}.safetensors",
-                                 {"skipped": json.dumps(sums.skipped), "run": run})
-        merged = _Sums(keys, sums.real.sum.numel() if sums.real else None)
-        for r in range(procs.world):
-            path = parts / f"rank{r}of{procs.world}.safetensors"
-            meta = shards.shard_metadata(path)
-            if meta is None or meta.get("run") != run:  # not written yet (or left by another run)
-                print(f"eval: process {procs.rank} done; the last process to finish writes {out / 'eval.json'}")
-                return None
-            merged.merge(load_file(str(path)), json.loads(meta["skipped"]))
+        merged, parts = _merge_parts(out / PARTS, sums, procs, run)
+        if merged is None:
+            print(f"eval: process {procs.rank} done; the last process to finish writes {out / 'eval.json'}")
+            return None
         sums = merged
     results = _results(sums, toks, header, fid_note if features is not None else None,
                        fid_note if features is None else None, lpips is not None)
     write_outputs(results, out)
+    _remove_parts(out / PARTS, parts)
     return results
+
+
+def _merge_parts(folder: Path, sums: _Sums, procs: Processes, run: str) -> tuple[Optional[_Sums], list[Path]]:
+    """Write this process's sums to ``folder`` and merge every process's sums when all are
+    there: (merged sums, the part files), or (None, []) while some process is not done (or
+    another process is already merging and removed the parts)."""
+    folder.mkdir(exist_ok=True)
+    write_safetensors(sums.tensors(), folder / f"rank{procs.rank}of{procs.world}.safetensors",
+                      {"skipped": json.dumps(sums.skipped), "run": run})
+    merged = _Sums(sums.keys, sums.real.sum.numel() if sums.real else None)
+    paths = [folder / f"rank{r}of{procs.world}.safetensors" for r in range(procs.world)]
+    for path in paths:
+        meta = shards.shard_metadata(path)
+        if meta is None or meta.get("run") != run:  # not written yet (or left by another run)
+            return None, []
+        try:
+            tensors = load_file(str(path))
+        except (FileNotFoundError, SafetensorError):  # removed by a process that merged at the same time
+            return None, []
+        merged.merge(tensors, json.loads(meta["skipped"]))
+    return merged, paths
+
+
+def _remove_parts(folder: Path, parts: list[Path]) -> None:
+    """Remove the merged part files, and ``folder`` once empty (a process that merged at the
+    same moment may have removed them already)."""
+    for path in parts:
+        path.unlink(missing_ok=True)
+    if parts:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (files of another run) or already gone
+            pass
 
 
 def _run(toks, keys, counts, source, size, batches, features, lpips, num_workers, progress) -> _Sums:

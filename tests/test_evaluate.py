@@ -99,6 +99,7 @@ def test_cli_two_processes_match_one_and_errors(photos, one_process, tmp_path, c
         assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-6) and a["ssim"] == pytest.approx(b["ssim"], abs=1e-8)
     assert two["results"][0]["rfid"] is None and "rfid" in two["unavailable"]
     assert [s["id"] for s in two["skipped"]] == ["broken.jpg"]
+    assert sorted(q.name for q in out.iterdir()) == ["eval.json", "eval.md", "eval.png"][:2 + (two.get("plot") is None)]
 
     def err(*a: str) -> str:
         assert main(["eval", *a]) == 1
