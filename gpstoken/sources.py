@@ -113,7 +113,7 @@ def _from_datasets(src: str, split: str, image_column: Optional[str]) -> ImageSo
         import datasets
     except ImportError:
         raise ValueError(f"SRC: {src!r} is not a folder or a list file; to read a Hugging Face dataset "
-                         "install the optional dependency: pip install datasets") from None
+                         "install the optional dependency: pip install gpstoken[datasets]") from None
     try:
         if Path(src).is_dir():
             ds = datasets.load_from_disk(src)
@@ -126,10 +126,13 @@ def _from_datasets(src: str, split: str, image_column: Optional[str]) -> ImageSo
             raise ValueError(f"--split: the dataset {src!r} has splits {sorted(ds)}, not {split!r}")
         ds = ds[split]
     images = [k for k, f in ds.features.items() if isinstance(f, datasets.Image)]
-    column = image_column or (images[0] if images else None)
-    if column is None or column not in ds.features:
-        raise ValueError(f"--image-column: the dataset {src!r} has columns {list(ds.features)}; "
-                         f"name its image column (got {image_column!r})")
+    if not images:
+        raise ValueError(f"SRC: the dataset {src!r} has no Image column (columns {list(ds.features)}); "
+                         "cast the column that holds the images to datasets.Image()")
+    column = image_column or images[0]
+    if column not in images:
+        raise ValueError(f"--image-column: {column!r} is not an Image column of the dataset {src!r}; "
+                         f"its Image columns are {images}")
     return ImageSource([f"{split}/{i}" for i in range(len(ds))], f"dataset {src} [{split}]",
                        dataset=ds.select_columns([column]), column=column)
 

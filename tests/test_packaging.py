@@ -23,7 +23,8 @@ DISTRIBUTION = {
 #: optional backends left undeclared on purpose; each is imported inside a function that turns
 #: its absence into a clear message (the reason is why it is not an extra)
 OPTIONAL = {
-    "datasets": "Hugging Face dataset sources for tokenize/eval; large, needed only for that source kind",
+    "datasets": "Hugging Face dataset sources for tokenize/eval (the `datasets` extra): large, needed only for "
+                "that source kind, so the core module gpstoken/sources.py imports it lazily",
     "torchvision": "ST-LPIPS backbone; PyPI wheels are built per torch version and CUDA flavour",
     "stlpips_pytorch": "ST-LPIPS metric (needs torchvision)",
     "torch_fidelity": "rFID Inception features (one of two alternatives)",

@@ -151,3 +151,48 @@ def test_list_file_source_and_errors(photos, reference, tmp_path, capsys):
     with pytest.raises(IndexError):
         ds[2]
     assert np.isfinite(ds[-1]["geometry"].numpy()).all()
+
+
+def _datasets():
+    """The optional ``datasets`` package: skipped when absent, except in CI (which installs it)."""
+    try:
+        import datasets
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("datasets is not installed; CI installs the `datasets` extra to test the dataset source")
+        pytest.skip("the optional `datasets` package is not installed (pip install gpstoken[datasets])")
+    return datasets
+
+
+def test_saved_datasets_dataset_source(photos, reference, tmp_path, capsys):
+    """A `datasets` dataset written by save_to_disk (image column + a text column), read in a
+    DataLoader worker: the same tokens as the folder run, ids `<split>/<row>`."""
+    from gpstoken.cli import main
+
+    datasets = _datasets()
+    names = ["coffee.png", "astronaut.png"]
+    features = datasets.Features({"caption": datasets.Value("string"), "picture": datasets.Image()})
+    ds = datasets.Dataset.from_dict({"caption": names, "picture": [Image.open(photos / n) for n in names]},
+                                    features=features)
+    ds.save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "out"
+    assert main(["tokenize", str(tmp_path / "ds"), str(out), "--tokens", str(N), "--workers", "1",
+                 "--device", "cpu"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["images"] == 2 and manifest["source"] == f"dataset {tmp_path / 'ds'} [train]"
+    got, ref = gpstoken.TokenDataset(out), gpstoken.TokenDataset(reference)
+    assert [got[i]["id"] for i in range(2)] == ["train/0", "train/1"]
+    for i, j in ((0, 1), (1, 0)):  # reference order: astronaut.png, coffee.png, sub/chelsea.png
+        torch.testing.assert_close(got[i]["features"], ref[j]["features"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[i]["layout_geometry"], ref[j]["layout_geometry"])
+
+    def err(*args: str) -> str:
+        assert main(["tokenize", *args, "--tokens", str(N)]) == 1
+        return capsys.readouterr().err
+
+    datasets.DatasetDict({"validation": ds}).save_to_disk(str(tmp_path / "dd"))
+    assert "has splits ['validation'], not 'train'" in err(str(tmp_path / "dd"), str(tmp_path / "x"))
+    assert "--image-column: 'caption' is not an Image column" in err(str(tmp_path / "ds"), str(tmp_path / "x"),
+                                                                     "--image-column", "caption")
+    datasets.Dataset.from_dict({"caption": names}).save_to_disk(str(tmp_path / "text"))
+    assert "has no Image column" in err(str(tmp_path / "text"), str(tmp_path / "x"))
