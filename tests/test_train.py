@@ -330,6 +330,55 @@ def test_layout_and_texture_generators_train_resume_and_export(labeled_images, t
     assert result.images[0].size == (256, 256)
 
 
+def test_texture_retraining_starts_from_a_bundled_generator(labeled_images, tiny_tokenizer_file, tmp_path):
+    """The retraining recipe of the model card: the texture model alone, ``init_from`` and
+    ``layout_from`` one bundled generator, an export at every periodic checkpoint."""
+    cache = tmp_path / "cache"
+    lay = GeneratorTrainer(_gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=1), tmp_path / "lay",
+                           "layout").train()["export"]
+    shipped = GeneratorTrainer(_gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=2, layout_from=str(lay),
+                                        export_dtype="float32"), tmp_path / "tex", "texture").train()["export"]
+    shipped_state, _ = load_safetensors(shipped)
+
+    retrain = GeneratorTrainer(_gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=3, init_from=str(shipped),
+                                        layout_from=str(shipped), save_every_minutes=0.0, export_on_save=True),
+                               tmp_path / "re", "texture")
+    for k, v in retrain.ema.model.state_dict().items():  # starts from the bundled texture weights
+        assert torch.equal(v, shipped_state["ema_model." + k]), k
+    exports = []
+    retrain.run.checkpoint_or_stop = _spy(retrain.run.checkpoint_or_stop, exports, tmp_path / "re" / "export")
+    summary = retrain.train()
+    assert exports and exports[0], "no export written at the periodic checkpoint"
+    state, meta = load_safetensors(summary["export"])
+    for k, v in shipped_state.items():  # the layout model is carried over unchanged
+        if k.startswith("layout_model."):
+            assert torch.equal(state[k].float(), v.float()), k
+    assert "layout" in checkpoint_config(meta, "generator")
+    with pytest.raises(ValueError, match="layout_from: .*tok.safetensors: .*expected a generator"):
+        GeneratorTrainer(_gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=1,
+                                  layout_from=str(tiny_tokenizer_file)), tmp_path / "bad", "texture")
+
+
+def test_retraining_config_reads_and_points_at_the_shipped_generator():
+    from gpstoken.train.generator_trainer import _layout_part
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = GeneratorTrainConfig.from_json(root / "examples/configs/tiny_texture_retrain.json")
+    assert cfg.export_on_save and cfg.save_every_minutes and cfg.data.labeled
+    for path in (cfg.tokenizer, cfg.init_from, cfg.layout_from):
+        assert (root / path).is_file(), path
+    assert _layout_part(str(root / cfg.layout_from), {"n_tokens": cfg.data.token_range[0]})
+
+
+def _spy(checkpoint_or_stop, seen: list, export_dir: Path):
+    """Wrap ``Run.checkpoint_or_stop`` to record whether an export exists right after each call."""
+    def wrapped(after_save=None):
+        stop = checkpoint_or_stop(after_save)
+        seen.append((export_dir / "generator.safetensors").is_file())
+        return stop
+    return wrapped
+
+
 # ----------------------------------------------------------------------------- launch
 
 

@@ -48,7 +48,8 @@ class RunConfig:
     *_every: in optimizer steps (0 disables). save_every_minutes: also checkpoint when this
     much wall-clock time has passed since the last checkpoint (slow CPU runs; None: off).
     keep_checkpoints: how many resumable checkpoints to keep. export_dtype: ``"float32"`` or ``"float16"`` for the exported EMA
-    weights.
+    weights. export_on_save: export the EMA weights at every periodic checkpoint too (to evaluate
+    a long run while it trains; an interrupted run leaves a usable export).
     """
 
     seed: int = 0
@@ -74,6 +75,7 @@ class RunConfig:
     save_every_minutes: Optional[float] = None
     keep_checkpoints: int = 2
     export_dtype: str = "float32"
+    export_on_save: bool = False
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:

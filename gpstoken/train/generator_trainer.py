@@ -26,8 +26,10 @@ Pipeline:
    ``export/generator.safetensors``; its config (safetensors metadata, read by
    ``gpstoken.load_generator``) is ``{"texture": SiT config, "latent_mean", "latent_std",
    "tokenizer": paired tokenizer id, "class_names", "n_tokens"}`` plus, when bundled,
-   ``"layout": SiT config, "layout_mean", "layout_std"``. With ``layout_from`` (a layout export) its ``layout_model.`` weights and stats
-   are bundled in. The layout model alone goes to ``export/layout.safetensors``.
+   ``"layout": SiT config, "layout_mean", "layout_std"``. With ``layout_from`` (a layout export, or
+   a generator that bundles a layout model) its ``layout_model.`` weights and stats are bundled
+   in. The layout model alone goes to ``export/layout.safetensors``. With ``export_on_save`` the
+   export is also written at every periodic checkpoint.
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ class GeneratorTrainConfig(RunConfig):
     tokenizer's id). extract_samples / extract_batch_size: crops to encode and the encoding
     batch. cache_dir: extraction cache (default ``<out>/cache``). cond_noise: layout
     condition noise in units of each geometry channel's std (texture). layout_from: a layout
-    export to bundle into the texture export. class_names: override the data's class names.
+    export (or a generator bundling a layout model) to bundle into the texture export. class_names: override the data's class names.
     init_from: a safetensors generator to start from (``ema_model.`` / ``layout_model.``
     prefixed keys or plain keys). tokens: a ``gpstoken tokenize --labeled`` folder to train on
     instead of extracting crops (``data`` is then not used; ``tokenizer`` defaults to the
@@ -291,6 +293,8 @@ class GeneratorTrainer:
             cond_channels=GEOMETRY if kind == "texture" else 0, num_classes=len(self.class_names))
         if int(self.labels.max()) >= len(self.class_names):
             raise ValueError(f"labels go up to {int(self.labels.max())} but there are {len(self.class_names)} classes")
+        if kind == "texture" and cfg.layout_from:  # refused now rather than at the first export
+            _layout_part(cfg.layout_from, {"n_tokens": n_tokens})
         with self.run.seeded():
             model = SiT(self.sit_config)
         if cfg.init_from:
@@ -393,7 +397,7 @@ class GeneratorTrainer:
                 run.tick({"loss": stats["loss"]})
                 if run.every(cfg.log_every):
                     run.log_metrics(run.mean_over_processes(stats))
-                if run.checkpoint_or_stop():
+                if run.checkpoint_or_stop(self.export if cfg.export_on_save else None):
                     break
         finally:
             run.close_bar()
@@ -403,11 +407,16 @@ class GeneratorTrainer:
 
 
 def _layout_part(path: str, info: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The ``layout_model.`` weights of a layout export; adds its config and stats to ``info``."""
+    """The ``layout_model.`` weights of a layout export, or of a generator that bundles one (to
+    retrain only the texture model); adds the layout config and stats to ``info``."""
     state, file_meta = load_safetensors(path)
-    layout = checkpoint_config(file_meta, "generator") or {}
-    if "layout" not in layout or "texture" in layout:
-        raise ValueError(f"layout_from: {path} is not a layout export of `gpstoken train layout`")
+    try:
+        layout = checkpoint_config(file_meta, "generator") or {}
+    except ValueError as e:
+        raise ValueError(f"layout_from: {path}: {e}") from e
+    if "layout" not in layout:
+        raise ValueError(f"layout_from: {path} holds no layout model: pass the layout export of "
+                         "`gpstoken train layout` or a generator that bundles one")
     if layout.get("n_tokens") != info["n_tokens"]:
         raise ValueError(f"layout_from: {path} makes {layout.get('n_tokens')} tokens, this model {info['n_tokens']}")
     info.update({k: layout[k] for k in ("layout", "layout_mean", "layout_std")})

@@ -46,10 +46,8 @@ class TokenizerTrainConfig(RunConfig):
     ``disc_start`` optimizer steps. disc_lr: defaults to ``lr``. init_from: a safetensors
     tokenizer to start from (fine-tuning). freeze: parameter-name prefixes (official keys,
     e.g. ``"preprocess_img"`` for the encoder's full-resolution stem) kept fixed: they get
-    no gradient, which also skips their backward pass. export_on_save: export the EMA
-    weights at every periodic checkpoint too (to evaluate a long run while it trains).
-    eval_n_tokens: tokens of the evaluation crops
-    (default: the largest training count). sample_count: images in the PNG sample grids.
+    no gradient, which also skips their backward pass. eval_n_tokens: tokens of the evaluation
+    crops (default: the largest training count). sample_count: images in the PNG sample grids.
     """
 
     model: Any = "gpstoken-m128"
@@ -66,7 +64,6 @@ class TokenizerTrainConfig(RunConfig):
     adaptive_disc_weight: bool = True
     init_from: Optional[str] = None
     freeze: tuple[str, ...] = ()
-    export_on_save: bool = False
     eval_n_tokens: Optional[int] = None
     sample_count: int = 8
 
