@@ -38,6 +38,9 @@ def main() -> int:
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
     p.add_argument("--markdown", default=None, help="also write the table to this markdown file")
     a = p.parse_args()
+    for flag, value in (("--n", a.n), ("--fit", a.fit), ("--real", a.real), ("--batch", a.batch)):
+        if value < 1:
+            p.error(f"{flag}: must be >= 1, got {value}")
     start = time.time()
 
     def log(msg: str) -> None:
