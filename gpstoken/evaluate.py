@@ -9,7 +9,8 @@ Inception features of the inputs and of the reconstructions (both quantised to 8
 :mod:`gpstoken.inception`). A metric that cannot be computed here is reported as
 unavailable with the reason, never an error.
 
-Outputs in ``out``: ``eval.json``, ``eval.md`` (the markdown table, also printed) and
+Outputs in ``out``: ``eval.json`` (each model recorded by its portable id and SHA-256,
+:func:`gpstoken.hub.portable_id`), ``eval.md`` (the markdown table, also printed) and
 ``eval.png`` (each metric against the token count, one line per model; needs matplotlib).
 Multi-process like ``gpstoken tokenize``: process ``RANK`` of ``WORLD_SIZE`` takes every
 ``WORLD_SIZE``-th batch, writes its sums to ``out/parts/`` and the last one to finish merges
@@ -27,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import shards
+from .hub import portable_id
 from .image_dataset import PreparedImages, Processes, loader
 from .images import MIN_SIDE
 from .inception import load_inception
@@ -121,7 +123,8 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     batches = all_batches[procs.rank::procs.world]
     header = {"source": source.description, "source_images": len(source), "image_size": [size, size],
               "preprocessing": PREPROCESSING.format(size=size), "encode_dtype": dtype or "float32",
-              "models": [t.name for t in toks], "tokens": counts}
+              "models": [portable_id(t)[0] for t in toks], "model_sha256": [portable_id(t)[1] for t in toks],
+              "tokens": counts}
     sums = _run(toks, keys, counts, source, size, batches, features, lpips, num_workers,
                 progress and procs.rank == 0)
     parts: list[Path] = []
@@ -132,7 +135,7 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
             print(f"eval: process {procs.rank} done; the last process to finish writes {out / 'eval.json'}")
             return None
         sums = merged
-    results = _results(sums, toks, header, fid_note if features is not None else None,
+    results = _results(sums, header, fid_note if features is not None else None,
                        fid_note if features is None else None, lpips is not None)
     write_outputs(results, out)
     _remove_parts(out / PARTS, parts)
@@ -208,7 +211,7 @@ def _run(toks, keys, counts, source, size, batches, features, lpips, num_workers
     return sums
 
 
-def _results(sums: _Sums, toks, header: dict[str, Any], fid_backend: Optional[str], fid_missing: Optional[str],
+def _results(sums: _Sums, header: dict[str, Any], fid_backend: Optional[str], fid_missing: Optional[str],
              have_lpips: bool) -> dict[str, Any]:
     n = sums.count
     unavailable = {}
@@ -220,7 +223,7 @@ def _results(sums: _Sums, toks, header: dict[str, Any], fid_backend: Optional[st
         unavailable["rfid"] = f"needs at least 2 images, got {n}"
     rows = []
     for (j, k), s in sums.sums.items():
-        row: dict[str, Any] = {"model": toks[j].name, "tokens": k}
+        row: dict[str, Any] = {"model": header["models"][j], "tokens": k}
         for m in _SUMS:
             row[m] = s[m] / n if n and m not in unavailable else None
         if "rfid" not in unavailable:

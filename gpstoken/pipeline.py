@@ -104,7 +104,7 @@ class Tokenizer:
     @property
     def checkpoint_hash(self) -> str:
         """SHA-256 of the loaded checkpoint file ("" for a model not loaded from a file)."""
-        return hub.file_digest(self.resolved.path) if self.resolved is not None else ""
+        return hub.portable_id(self)[1]
 
     def __repr__(self) -> str:
         c = self.config
@@ -168,8 +168,9 @@ class Tokenizer:
                               leave=False, dynamic_ncols=True)
             ])
         tokens = tokens.reshape(b, grid[0] * grid[1] * n, -1)
+        model_id, model_hash = hub.portable_id(self)
         return GPSTokens(tokens[..., :GEOMETRY].contiguous(), tokens[..., GEOMETRY:].contiguous(),
-                         (h, w), layout, self.name, model_hash=self.checkpoint_hash)
+                         (h, w), layout, model_id, model_hash=model_hash)
 
     def decode_tensor(self, tokens: GPSTokens) -> torch.Tensor:
         """Tokens -> float32 [B,3,H,W] in [-1,1] at the tokens' image size."""
@@ -393,8 +394,9 @@ class Generator:
             x = sample(velocity, noise, method=SAMPLERS[sampler], steps=steps, generator=gen, progress=progress)[:n]
         targets = x[..., 0].transpose(1, 2) * self.latent_std + self.latent_mean  # [n, N, 5+C]
         tokens = checkpoint.tokens_from_targets(targets, g_init)
+        model_id, model_hash = hub.portable_id(self.tokenizer)
         gps = GPSTokens(_clamp_geometry(tokens[..., :GEOMETRY]), tokens[..., GEOMETRY:].contiguous(),
-                        (PATCH, PATCH), layout, self.tokenizer.name)
+                        (PATCH, PATCH), layout, model_id, model_hash=model_hash)
         images = to_pil(self.tokenizer.decode_tensor(gps))
         return GenerationResult(images, gps)
 
@@ -471,16 +473,6 @@ def _expand_batch(layout: Layout, n: int, of: str) -> Layout:
                   layout.image_size, layout.grid)
 
 
-def _model_id(name_or_path: str, resolved: hub.ResolvedCheckpoint) -> str:
-    """The id recorded in token files: the registry name, the Hub id (``owner/repo[@rev]:file``),
-    or a local checkpoint's file name (never a path: token files travel between machines)."""
-    if resolved.spec is not None:
-        return resolved.spec.name
-    if resolved.repo_id is not None:
-        return resolved.source
-    return resolved.path.name
-
-
 def _build(cls, config, state: dict, name: str):
     with torch.device("meta"):
         model = cls(config)
@@ -503,7 +495,7 @@ def _load_tokenizer_cached(name_or_path: str, arch: Optional[str], device: torch
     model = _build(GPSTokenizer, config, state, str(resolved.path))
     per_patch = meta.get("decode_per_patch") == "true" or any(
         s.decode_per_patch for s in (resolved.spec, hub.spec_of_arch(resolved.arch, "tokenizer")) if s is not None)
-    return Tokenizer(model, _model_id(name_or_path, resolved), device, dtype, decode_per_patch=per_patch,
+    return Tokenizer(model, hub.model_id(resolved), device, dtype, decode_per_patch=per_patch,
                      resolved=resolved)
 
 
@@ -582,7 +574,7 @@ def _load_generator_cached(name_or_path: str, tokenizer: Optional[str | Tokenize
     layout_model = _sit(state, checkpoint.LAYOUT_PREFIX, config.layout, name) if config.layout is not None else None
     bank = _layout_bank(state, resolved, layout_bank, official)
     tok = _paired_tokenizer(config, resolved, official, tokenizer, device, dtype)
-    return Generator(texture, tok, config, name=_model_id(name_or_path, resolved), layout_model=layout_model,
+    return Generator(texture, tok, config, name=hub.model_id(resolved), layout_model=layout_model,
                      layout_bank=bank, resolved=resolved)
 
 

@@ -68,3 +68,58 @@ def test_files_without_a_hash_still_load(tmp_path, image):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gpstoken.decode(loaded)
+
+
+def test_model_id_rules():
+    """One rule (hub.model_id): registry name, Hub id with its revision, or the bare file name."""
+    spec = hub.get_spec("gpstoken-m128")
+    snap = Path("/cache/models--xtudbxk--GPSToken/snapshots/abc/gpstoken_m128.safetensors")
+    by_name = hub.ResolvedCheckpoint(snap, spec, None, "gpstoken-m128", spec.repo_id, spec.revision)
+    assert hub.model_id(by_name) == "gpstoken-m128"
+    by_hub_id = hub.ResolvedCheckpoint(snap, spec, None, "xtudbxk/GPSToken:gpstoken_m128.safetensors", spec.repo_id)
+    assert hub.model_id(by_hub_id) == "gpstoken-m128"  # the registry entry's file at its revision
+    pinned = hub.ResolvedCheckpoint(snap, spec, None, "xtudbxk/GPSToken@v2:gpstoken_m128.safetensors",
+                                    spec.repo_id, "v2")
+    assert hub.model_id(pinned) == "xtudbxk/GPSToken@v2:gpstoken_m128.safetensors"  # the name would lose v2
+    other = hub.ResolvedCheckpoint(snap, None, None, "me/tok:sub/w.safetensors", "me/tok")
+    assert hub.model_id(other) == "me/tok:sub/w.safetensors"
+    local = hub.ResolvedCheckpoint(Path("/home/me/runs/7/export.safetensors"), None, None,
+                                   "/home/me/runs/7/export.safetensors")
+    assert hub.model_id(local) == "export.safetensors"
+    with pytest.raises(TypeError, match="model: expected a Tokenizer or Generator"):
+        hub.portable_id("gpstoken-tiny")
+
+
+def test_gpst_manifest_and_eval_record_the_same_portable_id(tmp_path):
+    """A local checkpoint is recorded by its file name and hash, never its folder, in a .gpst file,
+    a `gpstoken tokenize` manifest and a `gpstoken eval` report."""
+    import json
+
+    from PIL import Image
+
+    from gpstoken.evaluate import evaluate
+    from gpstoken.pretokenize import tokenize
+
+    local = tmp_path / "deep" / "mine.safetensors"
+    local.parent.mkdir()
+    shutil.copy(WEIGHTS, local)
+    tok = gpstoken.load_tokenizer(local, device="cpu")
+    expected = ("mine.safetensors", hub.file_digest(WEIGHTS))
+    assert hub.portable_id(tok) == expected
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    torch.manual_seed(0)
+    Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy()).save(photos / "a.png")
+    tokens = gpstoken.GPSTokens.load(tok.encode(Image.open(photos / "a.png"), 16).save(tmp_path / "a.gpst"))
+    assert (tokens.model, tokens.model_hash) == expected
+    tokenize(photos, tmp_path / "tok", 16, model=str(local), size=32, batch_size=1, num_workers=0,
+             progress=False, device="cpu")
+    manifest = json.loads((tmp_path / "tok" / "manifest.json").read_text())
+    assert (manifest["model"], manifest["model_sha256"]) == expected
+    report = evaluate(photos, [str(local)], [16], out=tmp_path / "eval", size=32, batch_size=1, num_workers=0,
+                      device="cpu", fid_features=lambda x: x.float().flatten(1)[:, :4], progress=False)
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    for r in (report, saved):
+        assert (r["models"], r["model_sha256"]) == ([expected[0]], [expected[1]])
+        assert r["results"][0]["model"] == expected[0]
+    assert str(local.parent) not in json.dumps(saved) + json.dumps(manifest)

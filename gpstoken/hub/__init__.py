@@ -50,7 +50,7 @@ from ..checkpoint import (  # noqa: F401  (the error types and file helpers are 
 from .arch import arch_from_shapes, infer_tokenizer_arch
 from .convert import convert_checkpoint
 from .download import check_repo_id, hub_cache_dir, hub_offline, parse_hub_id
-from .portable import file_digest, portable_id
+from .portable import file_digest, model_id, portable_id
 from .publish import model_card, push_folder, save_folder
 from .registry import (
     DEFAULTS,
@@ -70,8 +70,9 @@ from .resolve import ResolvedCheckpoint, resolve
 __all__ = [
     "DEFAULTS", "GENERATOR_LATENT_MEAN", "GENERATOR_LATENT_STD", "KINDS", "OFFICIAL_GENERATOR", "OFFICIAL_PAGE",
     "OFFICIAL_REPO", "PICKLE_SUFFIXES", "CheckpointFormatError", "CheckpointMismatchError", "CheckpointNotFoundError",
-    "GeneratorConfig", "PretrainedSpec", "ResolvedCheckpoint", "arch_from_shapes", "check_repo_id", "checkpoint_config",
-    "convert_checkpoint", "file_digest", "get_spec", "hub_cache_dir", "hub_offline", "infer_tokenizer_arch",
-    "list_pretrained", "load_safetensors", "model_card", "parse_hub_id", "portable_id", "push_folder", "read_metadata",
-    "register", "resolve", "save_checkpoint", "save_folder", "spec_of_arch",
+    "GeneratorConfig", "PretrainedSpec", "ResolvedCheckpoint", "arch_from_shapes", "check_repo_id",
+    "checkpoint_config", "convert_checkpoint", "file_digest", "get_spec", "hub_cache_dir", "hub_offline",
+    "infer_tokenizer_arch", "list_pretrained", "load_safetensors", "model_card", "model_id", "parse_hub_id",
+    "portable_id", "push_folder", "read_metadata", "register", "resolve", "save_checkpoint", "save_folder",
+    "spec_of_arch",
 ]

@@ -26,14 +26,35 @@ def file_digest(path: str | os.PathLike) -> str:
     return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
-def portable_id(model: Any) -> tuple[str, str]:
-    """``(id, sha256)`` of a loaded :class:`~gpstoken.Tokenizer` / :class:`~gpstoken.Generator`.
+def model_id(resolved: ResolvedCheckpoint) -> str:
+    """The portable id of a resolved checkpoint: the one rule for what gpstoken records.
 
-    id: the registry name, or ``owner/repo[@revision]:file`` for Hub files (both work on any
-    machine), or the absolute path of a local file; sha256: the weights file's content hash, to
-    check that another machine resolves the id to the same weights.
+    The registry name when the file is a registry entry's (reached by name, or by its Hub id at
+    the entry's revision); ``owner/repo[@revision]:file`` for other Hub files; the bare file name
+    for local files (never a path: the id travels to other machines, and a user there passes
+    ``model=`` for a local file).
     """
-    resolved = getattr(model, "resolved", None)
+    spec = resolved.spec
+    if spec is not None and resolved.revision in (None, spec.revision):
+        return spec.name
+    if resolved.repo_id is not None:
+        return resolved.source  # resolve writes Hub sources as owner/repo[@revision]:file
+    return resolved.path.name
+
+
+def portable_id(model: Any) -> tuple[str, str]:
+    """``(id, sha256)`` of a loaded :class:`~gpstoken.Tokenizer` / :class:`~gpstoken.Generator`:
+    what ``.gpst`` files, ``gpstoken tokenize`` manifests and ``gpstoken eval`` reports record.
+
+    id: :func:`model_id` of the checkpoint it was loaded from; sha256: the weights file's content
+    hash (hex), to check that another machine resolves the id to the same weights. A model built
+    in memory (``resolved`` None) gives ``(model.name, "")``.
+    """
+    if not hasattr(model, "resolved") or not isinstance(getattr(model, "name", None), str):
+        raise TypeError(f"model: expected a Tokenizer or Generator, got {type(model).__name__}")
+    resolved = model.resolved
+    if resolved is None:
+        return model.name, ""
     if not isinstance(resolved, ResolvedCheckpoint):
-        raise TypeError(f"model: expected a Tokenizer or Generator loaded by gpstoken, got {type(model).__name__}")
-    return resolved.source, file_digest(resolved.path)
+        raise TypeError(f"model.resolved: expected a ResolvedCheckpoint or None, got {type(resolved).__name__}")
+    return model_id(resolved), file_digest(resolved.path)

@@ -31,8 +31,10 @@ class ResolvedCheckpoint:
 
     config: from the file's gpstoken metadata, else a ``config.json`` next to it (folders and
     Hub repos), else the registry entry's (or the explicit / recognised) architecture; None
-    when nothing says. source: the portable id (registry name, ``owner/repo[@rev]:file``) or,
-    for local files, the absolute path. repo_id/revision: the Hub repo it was fetched from.
+    when nothing says. source: what it was resolved from, for messages: the registry name,
+    ``owner/repo[@rev]:file`` for Hub files, the absolute path of local files (the id gpstoken
+    records is :func:`gpstoken.hub.portable.model_id`). repo_id/revision: the Hub repo it was
+    fetched from.
     arch: the architecture name when the config came from one.
     """
 
