@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from . import shards
 from .hub import portable_id
 from .image_dataset import PreparedImages, Processes, loader
-from .images import MIN_SIDE
+from .images import MIN_SIDE, to_uint8
 from .inception import load_inception
 from .io import atomic_path, write_safetensors, write_text
 from .metrics import STLPIPS, STLPIPS_INSTALL, FeatureMoments, frechet_distance, psnr, ssim, stlpips_available
@@ -43,11 +43,6 @@ METRICS = (("psnr", "PSNR (dB)", "higher"), ("ssim", "SSIM", "higher"), ("st_lpi
 _SUMS = ("psnr", "ssim", "st_lpips")
 #: sub-folder of ``out`` where the processes of a multi-process run leave their sums for the merge
 PARTS = "parts"
-
-
-def _uint8(x: torch.Tensor) -> torch.Tensor:
-    """``[B,3,H,W]`` in ``[-1,1]`` -> uint8 as saved to an 8-bit file."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 class _Sums:
@@ -189,7 +184,7 @@ def _run(toks, keys, counts, source, size, batches, features, lpips, num_workers
             x = batch["image"]
             if x is not None:
                 x = x.to(toks[0].device, non_blocking=True)
-                real = features(_uint8(x)) if features is not None else None
+                real = features(to_uint8(x)) if features is not None else None
                 if real is not None:
                     sums.real.update(real)
                 sums.count += len(x)
@@ -203,7 +198,7 @@ def _run(toks, keys, counts, source, size, batches, features, lpips, num_workers
                         with torch.inference_mode():
                             s["st_lpips"] += lpips(rec, x).double().sum().item()
                     if real is not None:
-                        sums.fake[(j, n)].update(features(_uint8(rec)))
+                        sums.fake[(j, n)].update(features(to_uint8(rec)))
             bar.update(len(batches[b]))
     finally:
         bar.close()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .images import MIN_SIDE, center_crop
+from .images import MIN_SIDE, center_crop, from_uint8
 from .partition import partition_images
 from .sources import ImageSource, UnreadableImage
 
@@ -74,7 +74,7 @@ class PreparedImages(Dataset):
         if min(w, h) < MIN_SIDE:
             return {"index": i, "skip": f"too small: {w}x{h} pixels, the shorter side must be >= {MIN_SIDE}"}
         arr = np.array(center_crop(img, self.size), dtype=np.uint8)
-        image = torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0
+        image = from_uint8(arr).permute(2, 0, 1).contiguous()
         layouts = {}
         for n in self.token_counts:
             lay = partition_images(image[None], n)

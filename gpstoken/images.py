@@ -12,6 +12,8 @@ The model convention is ``float32 [B,3,H,W]`` RGB in ``[-1, 1]``. Accepted input
 * a non-empty list of the above, all of the same size.
 
 The checks are :func:`gpstoken.validate.image_tensor` and :func:`gpstoken.validate.numpy_image`.
+This module owns the 8-bit conversions every other module calls: :func:`from_uint8` (pixels ->
+``[-1,1]``, computed in float64 like the official code) and :func:`to_uint8` (back).
 """
 from __future__ import annotations
 
@@ -26,6 +28,38 @@ from . import validate
 from .geometry import PATCH, patch_grid, split_patches
 
 MIN_SIDE = 32
+
+
+def from_uint8(pixels: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """8-bit pixels -> model values: ``uint8`` of any shape (``[H,W,3]``, ``[3,H,W]``, ...) in
+    ``[0,255]`` -> a ``dtype`` tensor of the same shape in ``[-1,1]``.
+
+    ``p / 255 * 2 - 1`` is computed in float64 (as the official code does) and then cast to
+    ``dtype``, so every caller (user images, tokenize / eval loaders, training crops, the crop
+    cache) gets the same float32 values.
+    """
+    if pixels.dtype not in (np.uint8, torch.uint8):
+        raise TypeError(f"pixels: expected uint8 values in [0, 255], got {pixels.dtype}")
+    wide = torch.from_numpy(pixels.astype(np.float64)) if isinstance(pixels, np.ndarray) else pixels.double()
+    return (wide / 255.0 * 2.0 - 1.0).to(dtype)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model values -> 8-bit pixels: any shape in ``[-1,1]`` (clamped) -> ``uint8``
+    ``round((x + 1) * 127.5)`` of the same shape, on the same device (the inverse of
+    :func:`from_uint8` on its values)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _from_numpy(arr: np.ndarray, name: str) -> torch.Tensor:
+    """A user numpy image -> ``float32 [3,H,W]`` in ``[-1,1]`` (checked by ``validate.numpy_image``)."""
+    arr = validate.numpy_image(arr, name)
+    if arr.dtype == np.uint8:
+        x = from_uint8(arr)
+    else:  # uint16 in [0, 65535] or float in [0, 1]
+        scale = 65535.0 if arr.dtype == np.uint16 else 1.0
+        x = (torch.from_numpy(arr.astype(np.float64)) / scale * 2.0 - 1.0).float()
+    return x.permute(2, 0, 1).contiguous()
 
 
 @dataclass(frozen=True)
@@ -53,13 +87,13 @@ def _from_pil(img: Image.Image, name: str) -> torch.Tensor:
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ValueError(f"{name}: PIL image of mode {img.mode} has values in [{arr.min()}, {arr.max()}]; "
                              "integer images must lie in [0, 65535] (16 bit)")
-        return validate.numpy_image(arr.astype(np.uint16), name)
+        return _from_numpy(arr.astype(np.uint16), name)
     if img.mode == "F":
         values = np.asarray(img, dtype=np.float64)
         if values.size and np.isfinite(values).all() and values.min() >= 0.0 and 1.0 < values.max() <= 255.0:
             values = values / 255.0
-        return validate.numpy_image(values, name)
-    return validate.numpy_image(np.asarray(img.convert("RGB"), dtype=np.uint8), name)
+        return _from_numpy(values, name)
+    return _from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8), name)
 
 
 def to_tensor(image: Any, name: str = "image") -> tuple[torch.Tensor, ImageKind]:
@@ -81,7 +115,7 @@ def to_tensor(image: Any, name: str = "image") -> tuple[torch.Tensor, ImageKind]
     if isinstance(image, Image.Image):
         x, kind = _from_pil(image, name).unsqueeze(0), ImageKind("pil", False)
     elif isinstance(image, np.ndarray):
-        x, kind = validate.numpy_image(image, name).unsqueeze(0), ImageKind("numpy", False, image.dtype)
+        x, kind = _from_numpy(image, name).unsqueeze(0), ImageKind("numpy", False, image.dtype)
     elif isinstance(image, torch.Tensor):
         kind = ImageKind("tensor", image.ndim == 4)
         x = validate.image_tensor(image, name)
@@ -101,7 +135,7 @@ def from_tensor(x: torch.Tensor, kind: ImageKind) -> Any:
     x = x.detach().float().clamp(-1, 1)
     if kind.kind == "tensor":
         return x if kind.batched else x[0]
-    arr = ((x.cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    arr = to_uint8(x.cpu()).permute(0, 2, 3, 1).numpy()
     out: list[Any]
     if kind.kind == "pil":
         out = [Image.fromarray(a) for a in arr]

@@ -151,8 +151,9 @@ def image_tensor(x: torch.Tensor, name: str = "image") -> torch.Tensor:
     return x.clamp(-1.0, 1.0) if lo < -1 or hi > 1 else x
 
 
-def numpy_image(arr: np.ndarray, name: str = "image") -> torch.Tensor:
-    """A user numpy image -> ``float32 [3,H,W]`` in ``[-1, 1]``.
+def numpy_image(arr: np.ndarray, name: str = "image") -> np.ndarray:
+    """Check a user numpy image and return it as ``[H,W,3]`` (the conversion to model values is
+    :func:`gpstoken.images.to_tensor`'s).
 
     ``[H,W,3]``, ``[H,W,4]`` (alpha dropped) or ``[H,W]`` grey; ``uint8`` in ``[0, 255]``,
     ``uint16`` in ``[0, 65535]`` or float in ``[0, 1]``.
@@ -167,11 +168,9 @@ def numpy_image(arr: np.ndarray, name: str = "image") -> torch.Tensor:
     arr = arr[:, :, :3]
     if arr.size == 0:
         raise ValueError(f"{name}: empty image (shape {tuple(arr.shape)})")
-    if arr.dtype == np.uint8:
-        unit = arr.astype(np.float64) / 255.0
-    elif arr.dtype == np.uint16:
-        unit = arr.astype(np.float64) / 65535.0
-    elif np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype in (np.uint8, np.uint16):
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise ValueError(f"{name}: numpy image contains NaN or Inf values")
         lo, hi = float(arr.min()), float(arr.max())
@@ -179,10 +178,8 @@ def numpy_image(arr: np.ndarray, name: str = "image") -> torch.Tensor:
             hint = ("; that looks like [0, 255] data: pass arr.astype(np.uint8)" if lo >= 0 and hi <= 255
                     else "; [-1, 1] data goes in as a torch tensor" if lo >= -1 and hi <= 1 else "")
             raise ValueError(f"{name}: float numpy image must lie in [0, 1], got range [{lo:.3g}, {hi:.3g}]{hint}")
-        unit = arr.astype(np.float64)
-    else:
-        raise TypeError(f"{name}: numpy image dtype must be uint8, uint16 or float in [0, 1], got {arr.dtype}")
-    return torch.from_numpy(unit * 2.0 - 1.0).permute(2, 0, 1).float().contiguous()
+        return arr
+    raise TypeError(f"{name}: numpy image dtype must be uint8, uint16 or float in [0, 1], got {arr.dtype}")
 
 
 # ---------------------------------------------------------------------- Layout / GPSTokens

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..geometry import PATCH, cells_to_arrays
+from ..images import from_uint8, to_uint8
 from ..io import write_safetensors
 from .data import CropDataset, DataConfig, layout_cells, make_loader, training_images
 
@@ -53,7 +54,7 @@ class _CropCells(Dataset):
     def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
         cfg = self.crops.cfg
         image = self.crops.crop(j)
-        out = {"images": ((image + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)}
+        out = {"images": to_uint8(image)}
         for n in self.token_counts:
             cells = layout_cells(image, n, cfg.init, cfg.weight, cfg.min_size)
             out[f"cells.{n}"] = torch.as_tensor(cells, dtype=torch.int16)
@@ -123,7 +124,7 @@ class CachedCrops(Dataset):
         if self._file is None:
             self._file = safe_open(self.path, "pt")
         j = int(sample_id) % self.size
-        image = self._file.get_slice("images")[j:j + 1][0].float() / 127.5 - 1.0
+        image = from_uint8(self._file.get_slice("images")[j:j + 1][0])
         cells = self._file.get_slice(f"cells.{n_tokens}")[j:j + 1][0].long().numpy()
         g, r = cells_to_arrays(cells, PATCH, PATCH)
         return {"image": image, "g_init": torch.as_tensor(g), "regions": torch.as_tensor(r),

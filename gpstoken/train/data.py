@@ -38,7 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..geometry import PATCH, cells_to_arrays
-from ..images import resize_short_side
+from ..images import from_uint8, resize_short_side
 from ..sources import IMAGE_EXTENSIONS, image_files
 
 #: scikit-image images used for training; in the labeled variant, class i is the i-th name.
@@ -371,7 +371,7 @@ def make_crop(arr: np.ndarray, rng: Optional[np.random.Generator], cfg: DataConf
     out = np.array(im.crop((x0, y0, x0 + PATCH, y0 + PATCH)), dtype=np.uint8)
     if rng is not None and cfg.hflip and rng.random() < 0.5:
         out = np.ascontiguousarray(out[:, ::-1])
-    return torch.from_numpy(out).permute(2, 0, 1).float() / 127.5 - 1.0
+    return from_uint8(out).permute(2, 0, 1).contiguous()
 
 
 # ----------------------------------------------------------------------------- datasets

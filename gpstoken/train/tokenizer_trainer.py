@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import to_uint8
 from ..io import save_image
 from ..metrics import psnr, ssim
 from ..models.configs import TOKENIZER_ARCHS, TokenizerConfig
@@ -91,7 +92,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 def save_grid(rows: list[torch.Tensor], path: Path) -> None:
     """Save rows of ``[B,3,H,W]`` images in ``[-1,1]`` as one PNG grid."""
     grid = torch.cat([torch.cat(list(r.float().cpu().clamp(-1, 1)), dim=2) for r in rows], dim=1)
-    arr = ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    arr = to_uint8(grid).permute(1, 2, 0).numpy()
     save_image(Image.fromarray(np.ascontiguousarray(arr)), path)
 
 
