@@ -40,11 +40,24 @@ def test_tiled_decode_needs_the_whole_map_statistics():
     assert (whole - alone).abs().max() > 1e-2
 
 
-def test_context_counts_the_convolutions():
-    # head: conv_in + block_1 (2 convs); tail: block_2 (2) + level 1 (2 blocks: 4 convs) + upsample (1/2)
-    # + level 0 (4 convs at x2: 2) + conv_out (1/2) = 9
+def test_stages_count_the_convolutions_and_norms():
+    # conv_in, mid block 1, attention, mid block 2, level 1 (2 blocks, upsample), level 0 (2 blocks), out
     dec = _decoder()
-    assert dec.context("head") == 3 and dec.context("tail") == 9
+    stages = dec.stages()
+    assert [st.reach for st in stages] == [1, 2, 0, 2, 2, 2, 1, 2, 2, 1]
+    assert [st.norms for st in stages] == [0, 2, 0, 2, 2, 2, 0, 2, 2, 1]
+    assert [st.scale for st in stages] == [1, 1, 1, 1, 1, 1, 2, 1, 1, 1]
+    assert [st.patch_local for st in stages] == [False, False, True] + [False] * 7
+
+
+def test_tiled_decode_through_temporary_files_equals_untiled():
+    """cache_bytes=0: every intermediate map goes through a temporary file, read back by windows."""
+    dec = _decoder()
+    z = torch.randn(1, 16, 18, 12) * 2 + torch.linspace(-1, 1, 12)
+    with torch.inference_mode():
+        want = dec(z, (3, 2))
+        got = decode_tiled(dec, z, (3, 2), 1, cache_bytes=0)
+    assert (got - want).abs().max() < 1e-4 * max(1.0, want.abs().max().item())
 
 
 def test_chunked_encode_and_tiled_decode_through_the_tokenizer(monkeypatch):

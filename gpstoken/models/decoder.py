@@ -14,7 +14,8 @@ on CPU at inference (:mod:`gpstoken.models.winograd`).
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -24,7 +25,7 @@ from ..geometry import Grid, join_patches, split_patches
 from .configs import DecoderConfig
 from .winograd import Conv3x3
 
-__all__ = ["PatchGroupNorm", "Decoder", "Norms"]
+__all__ = ["PatchGroupNorm", "Decoder", "Norms", "Stage"]
 
 NUM_GROUPS = 32
 
@@ -43,6 +44,21 @@ class Norms:
 
     def attention_grid(self, x: torch.Tensor) -> Grid:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of :meth:`Decoder.stages`: ``run(x, grid)`` maps float [B,C,H,W] to
+    [B,C',H*scale,W*scale] (``grid``: a Grid or a :class:`Norms`); ``reach``: input pixels of
+    context on each side an output pixel depends on (one per 3x3 convolution); ``norms``: the
+    patch-aware norms it applies, in order; ``patch_local``:
+    it works within each patch (the attention), so it needs whole patches and no context."""
+
+    run: Callable[[torch.Tensor, Any], torch.Tensor]
+    reach: int
+    norms: int = 0
+    scale: int = 1
+    patch_local: bool = False
 
 
 _VAR_FLOOR = 1e-30  # added to the variance inside the group norm kernel (see PatchGroupNorm)
@@ -220,45 +236,36 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor, grid: Grid = (1, 1)) -> torch.Tensor:
         """z: float [B, z_channels, k*h0, m*w0] -> float [B, out_ch, k*h0*2^(L-1), m*w0*2^(L-1)]."""
-        return self.tail(self.attend(self.head(z, grid), grid), grid)
-
-    # The three parts of forward; tiled decoding (gpstoken.models.tiled) runs them tile by tile.
-    def head(self, z: torch.Tensor, grid: Grid | Norms) -> torch.Tensor:
-        """conv_in and the first mid block: [B, z_channels, H, W] -> [B, C_mid, H, W]."""
-        h = self.conv_in(z.contiguous(memory_format=torch.channels_last))
-        return self.mid.block_1(h, grid)
-
-    def attend(self, h: torch.Tensor, grid: Grid | Norms) -> torch.Tensor:
-        """The mid attention, within each patch (no context beyond the patch)."""
-        return self.mid.attn_1(h, grid)
-
-    def tail(self, h: torch.Tensor, grid: Grid | Norms) -> torch.Tensor:
-        """Everything after the mid attention: [B, C_mid, H, W] -> [B, out_ch, H*scale, W*scale]."""
-        h = self.mid.block_2(h, grid)
-        for i_level in reversed(range(len(self.up))):
-            level = self.up[i_level]
-            for block in level.block:
-                h = block(h, grid)
-            if i_level != 0:
-                h = level.upsample(h)
-        # official DecoderNP: norm_out(h) without _np, i.e. one block over the whole map
-        h = self.conv_out(self.norm_out(h, (1, 1) if isinstance(grid, tuple) else grid.whole(), swish=True))
+        h = z.contiguous(memory_format=torch.channels_last)
+        for stage in self.stages():
+            h = stage.run(h, grid)
         return h.contiguous()
 
-    def context(self, part: str) -> int:
-        """Input pixels of context ``head`` or ``tail`` needs on each side of a region to compute
-        it exactly: one per 3x3 convolution, counted at the input resolution, rounded up."""
-        if part == "head":
-            return _reach(self.conv_in) + _reach(self.mid.block_1)
-        if part != "tail":
-            raise ValueError(f"part: expected 'head' or 'tail', got {part!r}")
-        reach, scale = float(_reach(self.mid.block_2)), 1
+    def stages(self) -> list[Stage]:
+        """The decoder as a sequence of stages, each one module (tiled decoding,
+        :mod:`gpstoken.models.tiled`, runs them one at a time over all tiles): ``conv_in``, the
+        mid blocks and the patch attention, every up block and upsample, then ``norm_out`` +
+        ``conv_out``."""
+        out = [_stage(self.conv_in, lambda x, grid: self.conv_in(x)), _stage(self.mid.block_1),
+               Stage(self.mid.attn_1, reach=0, patch_local=True), _stage(self.mid.block_2)]
         for i_level in reversed(range(len(self.up))):
-            reach += _reach(self.up[i_level].block) / scale
+            level = self.up[i_level]
+            out += [_stage(block) for block in level.block]
             if i_level != 0:
-                scale *= 2
-                reach += _reach(self.up[i_level].upsample) / scale
-        return math.ceil(reach + _reach(self.conv_out) / scale)
+                out.append(_stage(level.upsample, lambda x, grid, up=level.upsample: up(x), scale=2))
+        out.append(Stage(self._out, reach=_reach(self.conv_out), norms=1))
+        return out
+
+    def _out(self, h: torch.Tensor, grid: Grid | Norms) -> torch.Tensor:
+        # official DecoderNP: norm_out(h) without _np, i.e. one block over the whole map
+        return self.conv_out(self.norm_out(h, (1, 1) if isinstance(grid, tuple) else grid.whole(), swish=True))
+
+
+def _stage(module: nn.Module, run: Optional[Callable[[torch.Tensor, Any], torch.Tensor]] = None,
+           scale: int = 1) -> Stage:
+    """A stage running ``module`` (called as ``module(x, grid)`` unless ``run`` is given)."""
+    return Stage(run or module, reach=_reach(module), scale=scale,
+                 norms=sum(isinstance(m, PatchGroupNorm) for m in module.modules()))
 
 
 def _reach(module: nn.Module) -> int:
