@@ -186,6 +186,33 @@ def _cmd_eval(a: argparse.Namespace) -> None:
     print(f"wrote {written} to {a.out}" + (f" (plot {results['plot']})" if "plot" in results else ""))
 
 
+TRAIN_KINDS = ("tokenizer", "layout", "texture")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``gpstoken train`` (run by :func:`gpstoken.train.cli.run_args`)."""
+    p.add_argument("kind", choices=TRAIN_KINDS, help="what to train: the tokenizer, the layout SiT or the texture SiT")
+    p.add_argument("--config", required=True, help="train config JSON (see examples/configs/)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--init-from", default=None, help="safetensors weights to start from (fine-tuning)")
+    p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="time budget: checkpoint, export and stop after this many minutes")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
+                   help="override mixed_precision")
+    p.add_argument("--tokenizer", default=None, help="texture: override the config's tokenizer")
+    p.add_argument("--layout-from", default=None, help="texture: bundle this layout export into the generator")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="tokenizer/texture: upload the exported model to this Hub repo (owner/name) at the end")
+
+
+def _cmd_train(a: argparse.Namespace) -> None:
+    from .train.cli import report, run_args
+
+    report(a, run_args(a))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpstoken", description="GPSToken image tokenizer and generator")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -292,25 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--trust", action="store_true", help="allow unpickling this file (only for files you trust)")
     c.set_defaults(func=_cmd_convert)
 
-    t = command("train", help="train models (needs: pip install gpstoken[train])", add_help=False)
-    t.add_argument("args", nargs=argparse.REMAINDER)
-    t.set_defaults(func=None)
+    t = command("train", help="train models (needs: pip install gpstoken[train])",
+                description="Train GPSToken models (needs gpstoken[train]).")
+    add_train_arguments(t)
+    t.set_defaults(func=_cmd_train)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":
-        from .train.cli import main as train_main
-
-        return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         args.func(args)
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"gpstoken {args.command}: interrupted (no partial output was written)", file=sys.stderr)
+        done = ("the last complete checkpoint is kept; continue with --resume" if args.command == "train"
+                else "no partial output was written")
+        print(f"gpstoken {args.command}: interrupted ({done})", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the CLI reports every failure as one line
         if args.debug:

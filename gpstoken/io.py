@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
-__all__ = ["atomic_path", "write_safetensors", "image_format", "save_image", "write_text", "IMAGE_SUFFIXES"]
+__all__ = ["atomic_path", "partial_dir", "commit_dir", "atomic_dir", "write_safetensors", "image_format",
+           "save_image", "write_text", "IMAGE_SUFFIXES"]
 
 #: file name suffixes :func:`save_image` writes, mapped to the PIL format name
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
@@ -54,6 +56,51 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def partial_dir(path: str | os.PathLike, create: bool = True) -> Path:
+    """The folder ``.NAME.partial`` beside the folder ``path``, to be filled and then moved into
+    place by :func:`commit_dir`; ``create``: make it new and empty (a stale one from an
+    interrupted write is removed first). Its name is fixed, so several processes (one training
+    run) can all write into it: one creates it, the others only ask for its name."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.partial"
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    return tmp
+
+
+def commit_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move the finished folder ``tmp`` (from :func:`partial_dir`) to ``path`` in one rename,
+    with the permissions of a new folder (``0o777`` minus the umask). An existing ``path`` is
+    first renamed aside and removed after, so ``path`` is never a half-written folder."""
+    tmp, path = Path(tmp), Path(path)
+    os.chmod(tmp, 0o777 & ~_umask())
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on normal exit it becomes ``path``
+    (:func:`commit_dir`). On any exception (including KeyboardInterrupt) it is removed and
+    ``path`` is left as it was."""
+    tmp = partial_dir(path)
+    try:
+        yield tmp
+        commit_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

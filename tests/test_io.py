@@ -86,3 +86,24 @@ def test_writers_go_through_io(tmp_path, monkeypatch):
             write(tmp_path / name)
         assert (tmp_path / name).read_bytes() == b"old"
     assert _files(tmp_path) == sorted([*writers, "ok"])
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
+def test_atomic_dir_appears_whole_or_not_at_all(tmp_path, error):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "a").write_text("old")
+    with pytest.raises(type(error)):
+        with gio.atomic_dir(target) as tmp:
+            (tmp / "a").write_text("half")
+            raise error
+    assert _files(tmp_path) == ["ckpt"] and (target / "a").read_text() == "old" and _files(target) == ["a"]
+    old = os.umask(0o027)
+    try:
+        with gio.atomic_dir(target) as tmp:
+            (tmp / "b").write_text("new")
+            assert not (target / "b").exists()  # not in place before the end
+    finally:
+        os.umask(old)
+    assert _files(tmp_path) == ["ckpt"] and _files(target) == ["b"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o750

@@ -209,6 +209,43 @@ def test_tokenizer_training_decreases_loss_resumes_exactly_and_exports(one_image
         assert torch.equal(model.state_dict()[k], v), k
 
 
+def test_interrupted_checkpoint_save_keeps_the_previous_checkpoint(one_image, tmp_path, monkeypatch):
+    """A save killed half way leaves no step_N folder (nothing --resume could pick) and the
+    previous checkpoint as it was; the run resumes from it."""
+    out = tmp_path / "run"
+    TokenizerTrainer(_tok_cfg(one_image, max_steps=1), out).train()
+    ck = out / "checkpoints"
+    files = {p.name: p.read_bytes() for p in (ck / "step_1").iterdir()}
+    trainer = TokenizerTrainer(_tok_cfg(one_image, max_steps=2), out)
+
+    def killed(path):
+        (Path(path) / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.run.accelerator, "save_state", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(resume=True)
+    assert sorted(p.name for p in ck.iterdir()) == ["step_1"]  # no step_2, no hidden partial folder
+    assert {p.name: p.read_bytes() for p in (ck / "step_1").iterdir()} == files
+    monkeypatch.undo()
+    resumed = TokenizerTrainer(_tok_cfg(one_image, max_steps=2), out)
+    resumed.train(resume=True)
+    assert [p.name for p in resumed.run.checkpoint_dirs()] == ["step_1", "step_2"]
+
+
+def test_train_command_errors_are_one_line(one_image, tmp_path, capsys):
+    from gpstoken import cli
+
+    assert cli.main(["train", "tokenizer", "--config", str(tmp_path / "nope.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpstoken train: error: ") and "nope.json" in err[0], err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "painter", "--config", "x.json"])
+    assert e.value.code == 2 and "invalid choice: 'painter'" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        cli.main(["train", "tokenizer", "--config", str(tmp_path / "nope.json"), "--debug"])
+
+
 def test_tokenizer_init_from_and_fp16_export(one_image, tmp_path):
     config = TokenizerConfig.from_dict(TINY_TOKENIZER)
     src = GPSTokenizer(config)

@@ -1,37 +1,12 @@
 """``gpstoken train tokenizer|layout|texture --config FILE`` (also ``python -m gpstoken.train.cli``,
-which is what ``accelerate launch -m gpstoken.train.cli ...`` runs on every process)."""
+which is what ``accelerate launch -m gpstoken.train.cli ...`` runs on every process). The run
+lives here; :mod:`gpstoken.cli` holds the arguments, parses them and reports errors."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 from typing import Optional, Sequence
-
-KINDS = ("tokenizer", "layout", "texture")
-
-
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of one ``train`` command."""
-    p.add_argument("kind", choices=KINDS, help="what to train: the tokenizer, the layout SiT or the texture SiT")
-    p.add_argument("--config", required=True, help="train config JSON (see examples/configs/)")
-    p.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--init-from", default=None, help="safetensors weights to start from (fine-tuning)")
-    p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="time budget: checkpoint, export and stop after this many minutes")
-    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
-                   help="override mixed_precision")
-    p.add_argument("--tokenizer", default=None, help="texture: override the config's tokenizer")
-    p.add_argument("--layout-from", default=None, help="texture: bundle this layout export into the generator")
-    p.add_argument("--push-to-hub", default=None, metavar="REPO",
-                   help="tokenizer/texture: upload the exported model to this Hub repo (owner/name) at the end")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpstoken train", description="Train GPSToken models (needs gpstoken[train]).")
-    add_train_arguments(p)
-    return p
 
 
 def run_args(args: argparse.Namespace) -> dict:
@@ -80,20 +55,17 @@ def run_args(args: argparse.Namespace) -> dict:
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: returns a process exit code (1 with a message on configuration errors)."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        summary = run_args(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"gpstoken train {args.kind}: error: {e}", file=sys.stderr)
-        return 1
+def report(args: argparse.Namespace, summary: dict) -> None:
+    """Print what a finished run did (main process only)."""
     if os.environ.get("RANK", "0") == "0":
         print(f"gpstoken train {args.kind}: done at step {summary['step']}, exported {summary['export']}")
         if "pushed" in summary:
             print(f"gpstoken train {args.kind}: pushed to {summary['pushed']}")
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m gpstoken.train.cli`` (what ``accelerate launch`` runs): the
+    same as ``gpstoken train ...``, errors included (one line, exit 1 or 2; ``--debug``)."""
+    from ..cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..io import write_text
+from ..io import commit_dir, partial_dir, write_text
 from .data import DataConfig
 
 #: modules training needs beyond the core ones it already imports (checked against the ``train``
@@ -175,6 +175,8 @@ class Run:
         if self.is_main:
             for sub in ("checkpoints", "samples", "export"):
                 (self.out / sub).mkdir(parents=True, exist_ok=True)
+            for stale in (self.out / "checkpoints").glob(".step_*.partial"):  # from an interrupted save
+                shutil.rmtree(stale, ignore_errors=True)
             write_text(self.out / "config.json", json.dumps({"kind": kind, **cfg.to_dict()}, indent=2))
         self.accelerator.wait_for_everyone()
 
@@ -207,19 +209,30 @@ class Run:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_dirs(self) -> list[Path]:
-        ck = self.out / "checkpoints"
-        dirs = [p for p in ck.glob("step_*") if p.is_dir() and (p / "DONE").exists()]
-        return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
+        """The complete checkpoints of ``out``, oldest first (a folder appears only once written)."""
+        dirs = [p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+        return sorted(dirs, key=lambda p: int(p.name[5:]))
 
     def save(self) -> Path:
-        """Save a resumable checkpoint (all processes must call)."""
+        """Save a resumable checkpoint (all processes must call): every process writes into one
+        temporary folder, which the main process then renames into place (:func:`io.commit_dir`),
+        so an interrupted save leaves the previous checkpoints as they were and no ``step_N``
+        that ``resume`` could pick."""
         path = self.out / "checkpoints" / f"step_{self.step}"
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(path))
+        tmp = partial_dir(path, create=self.is_main)
         self.accelerator.wait_for_everyone()
+        try:
+            self.accelerator.save_state(str(tmp))
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                commit_dir(tmp, path)
+        except BaseException:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self._last_save = time.monotonic()
         if self.is_main:
-            write_text(path / "DONE", str(self.step))
             for old in self.checkpoint_dirs()[: -max(1, self.cfg.keep_checkpoints)]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
