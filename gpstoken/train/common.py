@@ -209,9 +209,10 @@ class Run:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_dirs(self) -> list[Path]:
-        """The complete checkpoints of ``out``, oldest first (a folder appears only once written)."""
-        dirs = [p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
-        return sorted(dirs, key=lambda p: int(p.name[5:]))
+        """The complete checkpoints of ``out``, oldest first. A folder appears only once written
+        (:meth:`save`); its ``DONE`` file also marks it complete for runs saved before that."""
+        dirs = [p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir() and (p / "DONE").exists()]
+        return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
 
     def save(self) -> Path:
         """Save a resumable checkpoint (all processes must call): every process writes into one
@@ -226,6 +227,7 @@ class Run:
             self.accelerator.save_state(str(tmp))
             self.accelerator.wait_for_everyone()
             if self.is_main:
+                write_text(tmp / "DONE", str(self.step))
                 commit_dir(tmp, path)
         except BaseException:
             if self.is_main:
