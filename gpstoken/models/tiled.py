@@ -194,11 +194,16 @@ class _Store:
         (ph, pw), m = self.patch, self.shape[3] // self.patch[1]
         rows, cols = self._blocks(rect)
         nhwc = x.permute(0, 2, 3, 1)
-        for r in rows:
-            for c in cols:
-                block = nhwc[:, (r - rows[0]) * ph:(r - rows[0] + 1) * ph, (c - cols[0]) * pw:(c - cols[0] + 1) * pw]
-                self.file.seek((r * m + c) * self.block_bytes)
-                self.file.write(block.contiguous().cpu().view(torch.uint8).numpy().data)
+        try:
+            for r in rows:
+                for c in cols:
+                    block = nhwc[:, (r - rows[0]) * ph:(r - rows[0] + 1) * ph, (c - cols[0]) * pw:(c - cols[0] + 1) * pw]
+                    self.file.seek((r * m + c) * self.block_bytes)
+                    self.file.write(block.contiguous().cpu().view(torch.uint8).numpy().data)
+        except OSError as e:
+            raise OSError(f"decode: cannot write the temporary file of a tiled decode in {tempfile.gettempdir()} "
+                          f"({e.strerror or e}; it needs about {self.nbytes / 2**30:.1f} GB for this map); free space "
+                          "there or set TMPDIR to another folder") from e
 
     def read(self, window: Rect) -> torch.Tensor:
         """The map's pixels in ``window``: [B,C,y1-y0,x1-x0] (a view for in-memory stores)."""
@@ -207,16 +212,20 @@ class _Store:
             return self.map[:, :, y0:y1, x0:x1]
         (ph, pw), (b, ch, _, ww) = self.patch, self.shape
         rows, cols = self._blocks(window)
-        buf = torch.empty((b, len(rows) * ph, len(cols) * pw, ch), dtype=self.dtype)
-        block = torch.empty((b, ph, pw, ch), dtype=self.dtype)
-        raw = block.view(torch.uint8).numpy()
-        for i, r in enumerate(rows):
+        buf = torch.empty((b, y1 - y0, len(cols) * pw, ch), dtype=self.dtype)
+        part = torch.empty((ph, pw, ch), dtype=self.dtype)
+        row_bytes = pw * ch * self.dtype.itemsize
+        for r in rows:
+            a, z = max(y0 - r * ph, 0), min(y1 - r * ph, ph)  # the block rows inside the window
+            raw = part[:z - a].view(torch.uint8).numpy()
             for j, c in enumerate(cols):
-                self.file.seek((r * (ww // pw) + c) * self.block_bytes)
-                if self.file.readinto(raw.data) != self.block_bytes:
-                    raise OSError(f"decode: short read from the temporary file of a tiled decode ({self.file.name})")
-                buf[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw] = block
-        out = buf[:, y0 - rows[0] * ph:y1 - rows[0] * ph, x0 - cols[0] * pw:x1 - cols[0] * pw]
+                for i in range(b):
+                    self.file.seek((r * (ww // pw) + c) * self.block_bytes + (i * ph + a) * row_bytes)
+                    if self.file.readinto(raw.data) != raw.nbytes:
+                        raise OSError(f"decode: short read from the temporary file of a tiled decode "
+                                      f"({self.file.name})")
+                    buf[i, r * ph + a - y0:r * ph + z - y0, j * pw:(j + 1) * pw] = part[:z - a]
+        out = buf[:, :, x0 - cols[0] * pw:x1 - cols[0] * pw]
         return out.permute(0, 3, 1, 2).to(self.device)
 
     def close(self) -> None:
