@@ -95,12 +95,19 @@ def test_np2_encode_merge_render(small):
         close(model.render(c["np2/gpscodes"], (2, 2)), c["np2/rendered"], 1e-5)
 
 
-@pytest.mark.parametrize("tile", [None, 1])
+@pytest.mark.parametrize("tile", [None, 1, "files"])
 def test_np2_decode(small, tile):
-    """The official 2x2-patch decode, untiled and tile by tile (gpstoken.models.tiled)."""
+    """The official 2x2-patch decode, untiled and tile by tile (gpstoken.models.tiled), also with
+    every intermediate map in a temporary file."""
+    from gpstoken.models.tiled import decode_tiled
+
     model, c = small
     with torch.inference_mode():
-        close(model.decode(c["np2/gpscodes"], (2, 2), tile=tile), c["np2/recon"], 1e-4)
+        if tile == "files":
+            out = decode_tiled(model.decoder, model.render(c["np2/gpscodes"], (2, 2)), (2, 2), 1, cache_bytes=0)
+        else:
+            out = model.decode(c["np2/gpscodes"], (2, 2), tile=tile)
+        close(out, c["np2/recon"], 1e-4)
 
 
 def test_merge_is_per_image_for_batches():
