@@ -238,7 +238,7 @@ def test_train_command_errors_are_one_line(one_image, tmp_path, capsys):
 
     assert cli.main(["train", "tokenizer", "--config", str(tmp_path / "nope.json")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("gpstoken train: error: ") and "nope.json" in err[0], err
+    assert len(err) == 1 and err[0].startswith("gpstoken train: error: --config: ") and "nope.json" in err[0], err
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "painter", "--config", "x.json"])
     assert e.value.code == 2 and "invalid choice: 'painter'" in capsys.readouterr().err

@@ -16,6 +16,9 @@ def run_args(args: argparse.Namespace) -> dict:
     from ..hub import check_repo_id
     from .common import require_train_deps
 
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"--config: {args.config} is not a file; give a train config JSON "
+                                "(examples/configs/ has some)")
     if args.push_to_hub is not None:  # before any work
         if args.kind == "layout":
             raise ValueError("--push-to-hub: a layout export is not a model on its own; push the texture generator "
@@ -69,3 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..cli import main as cli_main
 
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
