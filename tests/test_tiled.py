@@ -103,3 +103,26 @@ def test_non_finite_half_precision_decode_falls_back_to_float32(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tok.decode_tensor(tokens)  # finite: no warning, no second decode
+
+
+def test_full_temporary_folder_is_a_clear_error(monkeypatch):
+    import errno
+    import tempfile
+
+    class FullDisk:
+        name = "tmpfile"
+
+        def seek(self, offset):
+            pass
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda: FullDisk())
+    dec = _decoder()
+    with torch.inference_mode(), pytest.raises(OSError, match=r"No space left on device; it needs about .* GB.*"
+                                                             r"free space there or set TMPDIR"):
+        decode_tiled(dec, torch.randn(1, 16, 12, 12), (2, 2), 1, cache_bytes=0)
