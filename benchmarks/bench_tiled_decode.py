@@ -6,7 +6,7 @@ map of a ``g x g``-patch image (random tokens-like input) once all at once and o
 RSS (``ru_maxrss``) is its own. Prints wall and CPU seconds, the tiled/untiled CPU-time ratio, peak
 RSS and the largest difference between the two outputs (and the output's largest value).
 
-    python benchmarks/bench_tiled_decode.py --grids 3 4 [--tile 2] [--threads 2] [--model default]
+    python benchmarks/bench_tiled_decode.py --grids 3 4 [--tile 1] [--threads 2] [--model default]
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grids", type=int, nargs="+", default=[3, 4], help="patches per side (3: 768x768)")
-    ap.add_argument("--tile", type=int, default=2, help="patches per tile side of the tiled decode")
+    ap.add_argument("--tile", type=int, default=1, help="patches per tile side of the tiled decode")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="default", help="registry name of the tokenizer")
     args = ap.parse_args()

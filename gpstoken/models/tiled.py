@@ -256,7 +256,7 @@ def _run_stage(stage: Stage, src: _Store, grid: Grid, tiles: list[Rect], budget:
     return dst
 
 
-def decode_tiled(decoder: Decoder, z: torch.Tensor, grid: Grid, tile: int = 2, progress: bool = False,
+def decode_tiled(decoder: Decoder, z: torch.Tensor, grid: Grid, tile: int = 1, progress: bool = False,
                  cache_bytes: int = CACHE_BYTES) -> torch.Tensor:
     """``decoder(z, grid)`` computed tile by tile, equal to it up to float rounding.
 
