@@ -53,7 +53,7 @@ def test_stages_count_the_convolutions_and_norms():
 def test_tiled_decode_through_temporary_files_equals_untiled():
     """cache_bytes=0: every intermediate map goes through a temporary file, read back by windows."""
     dec = _decoder()
-    z = torch.randn(1, 16, 18, 12) * 2 + torch.linspace(-1, 1, 12)
+    z = torch.randn(2, 16, 18, 12) * 2 + torch.linspace(-1, 1, 12)  # a batch of 2: per-image blocks in the file
     with torch.inference_mode():
         want = dec(z, (3, 2))
         got = decode_tiled(dec, z, (3, 2), 1, cache_bytes=0)
