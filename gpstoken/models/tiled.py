@@ -275,10 +275,14 @@ def decode_tiled(decoder: Decoder, z: torch.Tensor, grid: Grid, tile: int = 1, p
                disable=not progress, dynamic_ncols=True, leave=False)
     src = _Store.of(z, (hh // k, ww // m))
     with bar:
-        for i, stage in enumerate(stages):
-            in_memory = 0 if src.file is not None or i == 0 else src.nbytes  # z is not ours: not counted
-            budget = None if i == len(stages) - 1 else cache_bytes - in_memory  # the result stays in memory
-            dst = _run_stage(stage, src, grid, tiles, budget, bar)
-            src.close()
-            src = dst
+        try:
+            for i, stage in enumerate(stages):
+                in_memory = 0 if src.file is not None or i == 0 else src.nbytes  # z is not ours: not counted
+                budget = None if i == len(stages) - 1 else cache_bytes - in_memory  # the result stays in memory
+                dst = _run_stage(stage, src, grid, tiles, budget, bar)
+                src.close()
+                src = dst
+        except BaseException:
+            src.close()  # its temporary file's space is freed now, not when the traceback goes
+            raise
     return src.map.contiguous()
