@@ -23,6 +23,11 @@ class DecoderConfig:
     double_z: bool = False
     attn_resolutions: tuple[int, ...] = ()
     dropout: float = 0.0
+    # Not in the official config (its decoder is mid_attn=True, out_shuffle=1): the light
+    # variant of the embedded default drops the mid attention and ends in a sub-pixel
+    # convolution (conv_out emits out_ch * out_shuffle**2 channels, then pixel shuffle).
+    mid_attn: bool = True
+    out_shuffle: int = 1
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,10 @@ class TokenizerConfig:
     gps_dmax: float = 3.0
     gps_adaptive_w: float = 2.5
     gps_rs: tuple[int, int] = (64, 64)
+    # Not in the official config (official: stride 1, 128 channels): the encoder stem of the
+    # light variant runs on a pixel-unshuffled (space-to-depth) image at 1/stem_stride size.
+    stem_stride: int = 1
+    stem_channels: int = 128
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
     def to_dict(self) -> dict[str, Any]:

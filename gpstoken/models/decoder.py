@@ -211,7 +211,8 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
+        if cfg.mid_attn:
+            self.mid.attn_1 = AttnBlock(block_in)
         self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout)
         levels = []
         for i_level in range(len(cfg.ch_mult)):
@@ -227,12 +228,13 @@ class Decoder(nn.Module):
             levels.append(level)
         self.up = nn.ModuleList(levels)
         self.norm_out = PatchGroupNorm(cfg.ch * cfg.ch_mult[0])
-        self.conv_out = nn.Conv2d(cfg.ch * cfg.ch_mult[0], cfg.out_ch, 3, padding=1)
+        self.out_shuffle = cfg.out_shuffle
+        self.conv_out = nn.Conv2d(cfg.ch * cfg.ch_mult[0], cfg.out_ch * cfg.out_shuffle**2, 3, padding=1)
 
     @property
     def scale(self) -> int:
         """Output pixels per input pixel (per side)."""
-        return 2 ** (len(self.up) - 1)
+        return 2 ** (len(self.up) - 1) * self.out_shuffle
 
     def forward(self, z: torch.Tensor, grid: Grid = (1, 1)) -> torch.Tensor:
         """z: float [B, z_channels, k*h0, m*w0] -> float [B, out_ch, k*h0*2^(L-1), m*w0*2^(L-1)]."""
@@ -246,19 +248,22 @@ class Decoder(nn.Module):
         :mod:`gpstoken.models.tiled`, runs them one at a time over all tiles): ``conv_in``, the
         mid blocks and the patch attention, every up block and upsample, then ``norm_out`` +
         ``conv_out``."""
-        out = [_stage(self.conv_in, lambda x, grid: self.conv_in(x)), _stage(self.mid.block_1),
-               Stage(self.mid.attn_1, reach=0, patch_local=True), _stage(self.mid.block_2)]
+        out = [_stage(self.conv_in, lambda x, grid: self.conv_in(x)), _stage(self.mid.block_1)]
+        if hasattr(self.mid, "attn_1"):  # absent in the light variant (mid_attn=False)
+            out.append(Stage(self.mid.attn_1, reach=0, patch_local=True))
+        out.append(_stage(self.mid.block_2))
         for i_level in reversed(range(len(self.up))):
             level = self.up[i_level]
             out += [_stage(block) for block in level.block]
             if i_level != 0:
                 out.append(_stage(level.upsample, lambda x, grid, up=level.upsample: up(x), scale=2))
-        out.append(Stage(self._out, reach=_reach(self.conv_out), norms=1))
+        out.append(Stage(self._out, reach=_reach(self.conv_out), scale=self.out_shuffle, norms=1))
         return out
 
     def _out(self, h: torch.Tensor, grid: Grid | Norms) -> torch.Tensor:
         # official DecoderNP: norm_out(h) without _np, i.e. one block over the whole map
-        return self.conv_out(self.norm_out(h, (1, 1) if isinstance(grid, tuple) else grid.whole(), swish=True))
+        h = self.conv_out(self.norm_out(h, (1, 1) if isinstance(grid, tuple) else grid.whole(), swish=True))
+        return F.pixel_shuffle(h, self.out_shuffle) if self.out_shuffle != 1 else h
 
 
 def _stage(module: nn.Module, run: Optional[Callable[[torch.Tensor, Any], torch.Tensor]] = None,

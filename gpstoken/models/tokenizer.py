@@ -38,7 +38,6 @@ from .tiled import decode_tiled
 
 __all__ = ["GPSTokenizer", "merge_patch_tokens"]
 
-STEM_CHANNELS = 128
 STEM_TEMB_CHANNELS = 512  # size of the (unused) time-embedding projection in the stem blocks
 N_HEADS = 8
 
@@ -62,6 +61,16 @@ class _StemBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x), inplace=True))
         h = self.conv2(F.silu(self.norm2(h), inplace=True))
         return x + h
+
+
+def _stem(channels: int, stride: int) -> nn.Sequential:
+    """Encoder stem: conv3x3 + two residual blocks. ``stride`` 1 is the official full-resolution
+    stem; ``stride`` s > 1 first folds every s x s pixel block into channels (pixel unshuffle),
+    so the stem runs at 1/s size (s*s times cheaper)."""
+    if stride == 1:
+        return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), _StemBlock(channels), _StemBlock(channels))
+    return nn.Sequential(nn.PixelUnshuffle(stride), nn.Conv2d(3 * stride * stride, channels, 3, padding=1),
+                         _StemBlock(channels), _StemBlock(channels))
 
 
 class _RefineBlock(nn.Module):
@@ -104,10 +113,8 @@ class GPSTokenizer(nn.Module):
         self.config = config
         c = config.gpsenc_c
         self.decoder = Decoder(config.decoder)
-        self.preprocess_img = nn.Sequential(
-            nn.Conv2d(3, STEM_CHANNELS, 3, padding=1), _StemBlock(STEM_CHANNELS), _StemBlock(STEM_CHANNELS)
-        )
-        self.roialign_layer = nn.Conv2d(STEM_CHANNELS, c, 1)
+        self.preprocess_img = _stem(config.stem_channels, config.stem_stride)
+        self.roialign_layer = nn.Conv2d(config.stem_channels, c, 1)
         self.gps_embed = nn.Embedding(1, c)
         self.attnblocks = nn.ModuleList(_RefineBlock(c, config.rois) for _ in range(config.gpsenc_n))
         self.gps_embed_layer = nn.Sequential(nn.Linear(GEOMETRY, c), nn.GELU(), nn.Linear(c, c))
@@ -130,7 +137,7 @@ class GPSTokenizer(nn.Module):
         """Stem features pooled over every region.
 
         images: float [P,3,H,W]; regions: float [P,N,4] normalised ``[x0,y0,x1,y1]`` of the
-        inclusive first/last pixels (not modified). Returns float [P,N,128,rois,rois].
+        inclusive first/last pixels (not modified). Returns float [P,N,stem_channels,rois,rois].
         """
         p, n = regions.shape[:2]
         _, _, hh, ww = images.shape
@@ -139,18 +146,21 @@ class GPSTokenizer(nn.Module):
         feat = self.preprocess_img(images.contiguous())
         size = regions.new_tensor([ww - 1, hh - 1, ww - 1, hh - 1])
         pixels = size * (regions.detach() + 1) / 2
+        s = self.config.stem_stride
+        if s != 1:  # pixel p of the image lies at (p - (s-1)/2) / s on the space-to-depth map
+            pixels = (pixels - (s - 1) / 2) / s
         batch = torch.arange(p, device=regions.device, dtype=regions.dtype).repeat_interleave(n)
         boxes = torch.cat([batch[:, None], pixels.reshape(p * n, 4)], 1)
         r = self.config.rois
-        return roi_align(feat, boxes, r).view(p, n, STEM_CHANNELS, r, r)
+        return roi_align(feat, boxes, r).view(p, n, self.config.stem_channels, r, r)
 
     def roi_conditions(self, pooled: torch.Tensor) -> torch.Tensor:
         """``roialign_layer`` (1x1 conv) on pooled features.
 
-        pooled: float [P,N,128,r,r] -> float [P,N,gpsenc_c,r*r] (official ``roi_conds`` layout).
+        pooled: float [P,N,stem_channels,r,r] -> float [P,N,gpsenc_c,r*r] (official ``roi_conds`` layout).
         """
         p, n = pooled.shape[:2]
-        w = self.roialign_layer.weight.view(self.config.gpsenc_c, STEM_CHANNELS)
+        w = self.roialign_layer.weight.view(self.config.gpsenc_c, self.config.stem_channels)
         cond = F.linear(pooled.flatten(3).transpose(2, 3), w, self.roialign_layer.bias)  # [P,N,r*r,C]
         return cond.transpose(2, 3)
 

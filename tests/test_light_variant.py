@@ -1,0 +1,84 @@
+"""The light variant of the embedded default: space-to-depth encoder stem, decoder at the render
+size with a sub-pixel output and no mid attention (config-driven; official archs unchanged)."""
+import pytest
+import torch
+
+from gpstoken.models.configs import TOKENIZER_ARCHS, DecoderConfig, TokenizerConfig
+from gpstoken.models.decoder import Decoder
+from gpstoken.models.tiled import decode_tiled
+from gpstoken.models.tokenizer import GPSTokenizer
+
+LIGHT_DECODER = DecoderConfig(ch=32, ch_mult=(1,), num_res_blocks=1, mid_attn=False, out_shuffle=4)
+
+
+def _light(**kw) -> GPSTokenizer:
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(gpsenc_n=1, gpsenc_c=32, gps_num=16, stem_stride=4, stem_channels=32,
+                          decoder=LIGHT_DECODER, **kw)
+    return GPSTokenizer(cfg).eval()
+
+
+def test_official_configs_keep_the_official_shape():
+    cfg = TOKENIZER_ARCHS["gpstoken-m128"]
+    assert (cfg.stem_stride, cfg.stem_channels, cfg.decoder.mid_attn, cfg.decoder.out_shuffle) == (1, 128, True, 1)
+    official = {"gpsconfig": {"gps_num": 128}, "decoderconfig": {"ch": 128}}  # no light fields: the defaults
+    assert TokenizerConfig.from_dict(official).decoder.mid_attn is True
+    light = TokenizerConfig(stem_stride=4, stem_channels=64, decoder=LIGHT_DECODER)
+    assert TokenizerConfig.from_dict(light.to_dict()) == light
+
+
+def test_light_decoder_shapes_and_keys():
+    dec = Decoder(LIGHT_DECODER)
+    assert dec.scale == 4
+    assert not any("attn" in k for k in dec.state_dict())
+    out = dec(torch.randn(2, 16, 8, 8))
+    assert out.shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("grid, tile", [((2, 3), 1), ((3, 2), 2)])
+def test_light_decoder_tiled_equals_untiled(grid, tile):
+    torch.manual_seed(0)
+    dec = Decoder(LIGHT_DECODER).eval()
+    for mod in dec.modules():  # norms away from the identity, so wrong statistics show
+        if type(mod).__name__ == "PatchGroupNorm":
+            torch.nn.init.normal_(mod.weight, 1.0, 0.3)
+            torch.nn.init.normal_(mod.bias, 0.0, 0.3)
+    z = torch.randn(1, 16, 6 * grid[0], 6 * grid[1]) * 2 + torch.linspace(-1, 1, 6 * grid[1])
+    with torch.inference_mode():
+        want = dec(z, grid)
+        got = decode_tiled(dec, z, grid, tile)
+    assert got.shape == want.shape == (1, 3, 24 * grid[0], 24 * grid[1])
+    assert (got - want).abs().max() < 1e-4 * max(1.0, want.abs().max().item())
+
+
+def test_strided_stem_pools_the_right_place():
+    """Shifting the image and a region by 4 pixels (one stem pixel) gives the same pooled features:
+    region boxes are mapped onto the 1/4-size stem map."""
+    model = _light()
+    torch.manual_seed(1)
+    img = torch.rand(1, 3, 256, 256) * 2 - 1
+    shifted = torch.roll(img, shifts=(4, 4), dims=(2, 3))
+    box = torch.tensor([[[80.0, 96.0, 131.0, 139.0]]])  # first/last pixels, away from the borders
+    to_norm = lambda b: b / 255 * 2 - 1  # noqa: E731
+    with torch.inference_mode():
+        a = model.roi_features(img, to_norm(box))
+        b = model.roi_features(shifted, to_norm(box + 4))
+        c = model.roi_features(shifted, to_norm(box))  # the unshifted box on the shifted image
+    assert a.shape == (1, 1, 32, 8, 8)
+    # not exact: the roll moves the zero-padded borders, which shifts the stem's GroupNorm statistics
+    assert (a - b).abs().max() < 0.05 * (a - c).abs().max()
+
+
+def test_light_tokenizer_round_trip_through_a_file(tmp_path):
+    import gpstoken
+    from gpstoken.checkpoint import save_checkpoint
+
+    model = _light()
+    path = tmp_path / "light.safetensors"
+    save_checkpoint({k: v.contiguous() for k, v in model.state_dict().items()}, path,
+                    model.config.to_dict(), "tokenizer", {})
+    tok = gpstoken.load_tokenizer(path, device="cpu")
+    assert tok.config == model.config
+    img = torch.rand(1, 3, 256, 256) * 2 - 1
+    rec = tok.reconstruct(img, n_tokens=16)
+    assert tuple(rec.shape[-2:]) == (256, 256)
