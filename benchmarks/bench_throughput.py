@@ -14,10 +14,13 @@ Stages, on 256x256 centre crops of the example photos (cycled):
 Each batched row is shown beside the naive loop that does the same job one image at a time
 through the public API (``gpstoken.partition`` / ``encode`` / ``decode`` / ``reconstruct`` per
 image; for ``tokenize``: open, crop, ``gpstoken.encode`` and ``GPSTokens.save`` per image).
-Models: ``default`` (the embedded tiny tokenizer) and ``m128`` (the official M128 architecture
-with random weights, built from the registry config: speed and memory only). Peak memory:
+Models (``--models``): any registry name, Hub id or checkpoint file (default: ``default``, the
+embedded tokenizer), and ``s64`` / ``m128`` / ``l256``: that official architecture with random
+weights, built from the registry config (speed and memory only). Peak memory:
 ``torch.cuda.max_memory_allocated`` on CUDA, else the process's peak RSS during the stage
-(sampled every 2 ms). dtype bfloat16/float16 only on CUDA.
+(sampled every 2 ms). dtype float16 only on CUDA, bfloat16 on CUDA and on CPUs with native
+bfloat16 (AVX512-BF16, AMX). Each batched row and its naive loop run in the same dtype and take
+turns (batched, naive, batched, ...), so a shared machine's changing load hits both alike.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from gpstoken.images import center_crop, to_tensor  # noqa: E402
 from gpstoken.models.configs import TOKENIZER_ARCHS  # noqa: E402
 from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
 from gpstoken.pretokenize import tokenize  # noqa: E402
+from gpstoken.runtime import native_cpu_bfloat16  # noqa: E402
 
 
 class Peak:
@@ -78,27 +82,44 @@ class Peak:
             self.mib = max(self._max, self._proc.memory_info().rss) / 2**20
 
 
-def measure(fn, n_images: int, device: torch.device, reps: int) -> tuple[float, float]:
-    """(images/s of the best of ``reps`` timed runs after one warm-up, peak MiB of those runs)."""
-    fn()
-    best = float("inf")
+def _timed(fn, device: torch.device) -> tuple[float, float]:
+    """(seconds, peak MiB) of one call of ``fn``."""
     with Peak(device) as peak:
-        for _ in range(reps):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best = min(best, time.perf_counter() - t0)
-    return n_images / best, peak.mib
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+    return seconds, peak.mib
+
+
+def measure(fns: list, n_images: int, device: torch.device, reps: int) -> list[tuple[float, float]]:
+    """(images/s of the best of ``reps`` timed runs, peak MiB of those runs) of each function,
+    after one warm-up each. The functions take turns (a, b, a, b, ...), so on a shared machine
+    a change of load hits them alike and their ratio stays fair."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    peak = [0.0] * len(fns)
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            seconds, mib = _timed(fn, device)
+            best[i], peak[i] = min(best[i], seconds), max(peak[i], mib)
+    return [(n_images / b, m) for b, m in zip(best, peak)]
+
+
+#: --models names that stand for an official architecture with random weights (speed and memory only)
+RANDOM = {"m128": "gpstoken-m128", "s64": "gpstoken-s64", "l256": "gpstoken-l256"}
 
 
 def model_file(name: str, tmp: Path) -> str:
-    if name == "default":
-        return "default"
-    arch = {"m128": "gpstoken-m128", "s64": "gpstoken-s64", "l256": "gpstoken-l256"}[name]
-    config = TOKENIZER_ARCHS[arch]
+    """What to load for ``--models`` entry ``name``: a random-weight checkpoint for the
+    :data:`RANDOM` names, else ``name`` itself (registry name, Hub id or checkpoint file)."""
+    if name not in RANDOM:
+        return name
+    config = TOKENIZER_ARCHS[RANDOM[name]]
     torch.manual_seed(0)
     model = GPSTokenizer(config)
     path = tmp / f"{name}-random.safetensors"
@@ -108,10 +129,13 @@ def model_file(name: str, tmp: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["default", "m128"], choices=["default", "s64", "m128", "l256"])
+    ap.add_argument("--models", nargs="+", default=["default", "m128"],
+                    help="registry names, Hub ids or checkpoint files; s64 / m128 / l256: that official "
+                         "architecture with random weights (default: default m128)")
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default: 1 4 on CPU, 1 16 64 on CUDA)")
-    ap.add_argument("--dtype", nargs="+", default=None, help="float32 / bfloat16 / float16 (default: float32 on CPU, "
-                                                           "float32 bfloat16 on CUDA)")
+    ap.add_argument("--dtype", nargs="+", default=None,
+                    help="float32 / bfloat16 / float16 (default: float32 bfloat16 on CUDA and on a CPU with native "
+                         "bfloat16, else float32)")
     ap.add_argument("--images", type=int, default=None, help="images per timed run (default: the largest batch)")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=2)
@@ -122,14 +146,15 @@ def main() -> None:
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     batches = a.batch or ([1, 16, 64] if cuda else [1, 4])
-    dtypes = a.dtype or (["float32", "bfloat16"] if cuda else ["float32"])
+    dtypes = a.dtype or (["float32", "bfloat16"] if cuda or native_cpu_bfloat16() else ["float32"])
     n_img = a.images or max(batches)
     photos = [center_crop(Image.open(p), 256) for p in sorted((REPO / "examples" / "data").glob("*.png"))]
     pil = [photos[i % len(photos)] for i in range(n_img)]
     x_all = torch.cat([to_tensor(im)[0] for im in pil])
     what = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {what}; torch {torch.__version__}; {n_img} images of 256x256 per run, {a.tokens} tokens; "
-          f"best of {a.reps}\n")
+          f"best of {a.reps}, batched and naive runs taking turns; load average at the start "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print("| model | dtype | stage | batch | img/s | peak MiB | naive loop img/s | naive peak MiB | speed-up |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -142,18 +167,16 @@ def main() -> None:
             ref = model_file(name, tmp)
             for dtype in dtypes:
                 tok = gpstoken.load_tokenizer(ref, device=device, dtype=dtype)
-                naive_cache: dict[str, tuple[float, float]] = {}
                 for stage in a.stages:
-                    if stage == "tokenize" and cuda and dtype != "bfloat16":
-                        continue  # gpstoken tokenize always encodes in bfloat16 on CUDA
+                    if stage == "tokenize" and dtype not in ("float32", "bfloat16"):
+                        continue  # gpstoken tokenize --dtype: float32 or bfloat16
                     for b in batches:
                         fn, naive = _stage(stage, tok, ref, x_all, pil, src, tmp, b, a.tokens, device, dtype)
-                        ips, mib = measure(fn, n_img, device, a.reps)
-                        if a.naive and stage not in naive_cache:
-                            naive_cache[stage] = measure(naive, n_img, device, a.reps)
-                        nips, nmib = naive_cache.get(stage, (float("nan"), float("nan")))
+                        rows = measure([fn, naive] if a.naive else [fn], n_img, device, a.reps)
+                        (ips, mib), (nips, nmib) = rows[0], rows[1] if a.naive else (float("nan"), float("nan"))
                         print(f"| {name} | {dtype} | {stage} | {b} | {ips:.2f} | {mib:.0f} | {nips:.2f} | {nmib:.0f} | "
                               f"{ips / nips:.2f}x |", flush=True)
+        print(f"\nload average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 def _stage(stage, tok, ref, x_all, pil, src, tmp, b, n, device, dtype):
@@ -181,7 +204,7 @@ def _stage(stage, tok, ref, x_all, pil, src, tmp, b, n, device, dtype):
 
         def batched() -> None:
             tokenize(src, tmp / f"tok-{next(run)}", n, model=ref, batch_size=b, shard_size=max(64, b),
-                     device=str(device), progress=False)
+                     device=str(device), dtype=dtype, progress=False)
 
         def naive() -> None:
             out = tmp / f"naive-{next(run)}"

@@ -146,7 +146,7 @@ def _cmd_tokenize(a: argparse.Namespace) -> None:
 
     manifest = tokenize(a.src, a.out, a.tokens, model=a.model, size=a.size, batch_size=a.batch_size,
                         shard_size=a.shard_size, num_workers=a.workers, split=a.split, image_column=a.image_column,
-                        labeled=a.labeled, device=a.device)
+                        labeled=a.labeled, device=a.device, dtype=a.dtype)
     if manifest is None:
         print(f"this process's shards are done; the last process to finish writes {Path(a.out) / 'manifest.json'}")
         return
@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--split", default="train", help="dataset split (datasets sources)")
     k.add_argument("--image-column", default=None, help="image column (datasets sources; default: the first Image)")
     k.add_argument("--labeled", action="store_true", help="SRC's sub-folders are classes: store each image's class")
+    k.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help="encoder precision (default: bfloat16 on CUDA, float32 on the CPU; bfloat16 on the CPU "
+                        "needs native bfloat16: AVX512-BF16 or AMX)")
     common(k)
     k.set_defaults(func=_cmd_tokenize)
 

@@ -28,6 +28,7 @@ from .models.configs import SiTConfig, TokenizerConfig
 from .models.sit import SiT
 from .models.tokenizer import GPSTokenizer
 from .partition import partition_images
+from .runtime import native_cpu_bfloat16
 from .sampling import SAMPLERS, VelocityFn, cfg_velocity, check_sampling, sample
 from .tokens import GPSTokens
 
@@ -71,8 +72,14 @@ def _dtype(dtype: Optional[str | torch.dtype], device: torch.device) -> torch.dt
         if dtype not in names:
             raise ValueError(f"dtype: expected one of {sorted(names)}, got {dtype!r}")
         dtype = names[dtype]
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        if not native_cpu_bfloat16():
+            raise ValueError("dtype: bfloat16 on the CPU needs native bfloat16 instructions (AVX512-BF16 or AMX), "
+                             "which this CPU lacks (it would be slower than float32); use float32")
+        return dtype
     if dtype != torch.float32 and device.type != "cuda":
-        raise ValueError(f"dtype: {dtype} inference needs a CUDA device; on {device.type} use float32")
+        raise ValueError(f"dtype: {dtype} inference needs a CUDA device (bfloat16 also runs on CPUs with native "
+                         f"bfloat16); on {device.type} use float32")
     return dtype
 
 
@@ -507,7 +514,8 @@ def load_tokenizer(name_or_path: str | Path = "default", *, arch: Optional[str] 
     Files as the official release publishes them (no config, possibly extra keys) load too: L256
     is recognised from its shapes, S64/M128 from the file name (``gpstoken_m128.safetensors``) or
     ``arch=`` (a ``gpstoken.models.configs.TOKENIZER_ARCHS`` name). device: default CUDA when
-    available; dtype: float32 (default), or float16/bfloat16 on CUDA.
+    available; dtype: float32 (default), or float16/bfloat16 on CUDA, or bfloat16 on a CPU with
+    native bfloat16 (AVX512-BF16, AMX; :func:`gpstoken.runtime.native_cpu_bfloat16`).
     """
     dev = _device(device)
     return _load_tokenizer_cached(str(name_or_path), arch, dev, _dtype(dtype, dev))

@@ -7,7 +7,7 @@ import torch
 
 from .kernels import triton_available
 
-__all__ = ["backends"]
+__all__ = ["backends", "native_cpu_bfloat16"]
 
 
 def backends(device: Optional[str | torch.device] = None) -> dict[str, str]:
@@ -41,3 +41,10 @@ def backends(device: Optional[str | torch.device] = None) -> dict[str, str]:
         "triton": triton_version,
         "cuda": torch.version.cuda if torch.cuda.is_available() else "not available",
     }
+
+
+def native_cpu_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX), where bfloat16
+    autocast speeds CPU inference up; elsewhere oneDNN emulates it, slower than float32."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and bool(check()) for check in checks)

@@ -196,3 +196,28 @@ def test_saved_datasets_dataset_source(photos, reference, tmp_path, capsys):
                                                                      "--image-column", "caption")
     datasets.Dataset.from_dict({"caption": names}).save_to_disk(str(tmp_path / "text"))
     assert "has no Image column" in err(str(tmp_path / "text"), str(tmp_path / "x"))
+
+
+def test_bfloat16_encoder_on_cpu(photos, reference, tmp_path):
+    """`--dtype bfloat16` on the CPU: tokens close to the float32 run (bfloat16 precision), the
+    manifest says so, a float32 rerun into the same folder is refused; on a CPU without native
+    bfloat16 it is a clear error."""
+    from gpstoken.runtime import native_cpu_bfloat16
+
+    lst = tmp_path / "one.txt"
+    lst.write_text(f"{photos / 'coffee.png'}\n")
+    with pytest.raises(ValueError, match="--dtype: expected float32 or bfloat16"):
+        tokenize(lst, tmp_path / "x", N, dtype="float16", device="cpu")
+    if not native_cpu_bfloat16():
+        with pytest.raises(ValueError, match="needs native bfloat16 instructions"):
+            tokenize(lst, tmp_path / "bf", N, dtype="bfloat16", device="cpu")
+        return
+    manifest = tokenize(lst, tmp_path / "bf", N, dtype="bfloat16", num_workers=0, device="cpu", progress=False)
+    assert manifest["encode_dtype"] == "bfloat16"
+    got, ref = gpstoken.TokenDataset(tmp_path / "bf")[0], gpstoken.TokenDataset(reference)[1]
+    assert got["features"].dtype == torch.float32
+    for key, tol in (("geometry", 0.01), ("features", 0.05)):
+        err = (got[key] - ref[key]).abs().max() / ref[key].abs().max()
+        assert 0 < err < tol, (key, err)  # bfloat16 rounding: not equal, but close
+    with pytest.raises(ValueError, match="different run"):
+        tokenize(lst, tmp_path / "bf", N, dtype="float32", num_workers=0, device="cpu", progress=False)
