@@ -174,7 +174,7 @@ def main() -> None:
                         fn, naive = _stage(stage, tok, ref, x_all, pil, src, tmp, b, a.tokens, device, dtype)
                         rows = measure([fn, naive] if a.naive else [fn], n_img, device, a.reps)
                         (ips, mib), (nips, nmib) = rows[0], rows[1] if a.naive else (float("nan"), float("nan"))
-                        print(f"| {name} | {dtype} | {stage} | {b} | {ips:.2f} | {mib:.0f} | {nips:.2f} | {nmib:.0f} | "
+                        print(f"| {name} | {dtype} | {stage} | {b} | {ips:.3g} | {mib:.0f} | {nips:.3g} | {nmib:.0f} | "
                               f"{ips / nips:.2f}x |", flush=True)
         print(f"\nload average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
@@ -203,11 +203,11 @@ def _stage(stage, tok, ref, x_all, pil, src, tmp, b, n, device, dtype):
         run = iter(range(10**6))
 
         def batched() -> None:
-            tokenize(src, tmp / f"tok-{next(run)}", n, model=ref, batch_size=b, shard_size=max(64, b),
+            tokenize(src, tmp / f"tok-{dtype}-{b}-{next(run)}", n, model=ref, batch_size=b, shard_size=max(64, b),
                      device=str(device), dtype=dtype, progress=False)
 
         def naive() -> None:
-            out = tmp / f"naive-{next(run)}"
+            out = tmp / f"naive-{dtype}-{b}-{next(run)}"
             out.mkdir()
             for p in sorted(src.glob("*.png")):
                 img = center_crop(Image.open(p), 256)

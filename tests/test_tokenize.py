@@ -208,6 +208,8 @@ def test_bfloat16_encoder_on_cpu(photos, reference, tmp_path):
     lst.write_text(f"{photos / 'coffee.png'}\n")
     with pytest.raises(ValueError, match="--dtype: expected float32 or bfloat16"):
         tokenize(lst, tmp_path / "x", N, dtype="float16", device="cpu")
+    with pytest.raises(ValueError, match="float16 inference needs a CUDA device"):
+        gpstoken.load_tokenizer("default", device="cpu", dtype="float16")
     if not native_cpu_bfloat16():
         with pytest.raises(ValueError, match="needs native bfloat16 instructions"):
             tokenize(lst, tmp_path / "bf", N, dtype="bfloat16", device="cpu")
