@@ -20,7 +20,8 @@ weights, built from the registry config (speed and memory only). Peak memory:
 ``torch.cuda.max_memory_allocated`` on CUDA, else the process's peak RSS during the stage
 (sampled every 2 ms). dtype float16 only on CUDA, bfloat16 on CUDA and on CPUs with native
 bfloat16 (AVX512-BF16, AMX). Each batched row and its naive loop run in the same dtype and take
-turns (batched, naive, batched, ...), so a shared machine's changing load hits both alike.
+turns (batched, naive, batched, ...), so a shared machine's changing load hits both alike
+(``--naive-dtype float32``: the naive loop in float32 whatever the row's dtype).
 """
 from __future__ import annotations
 
@@ -141,6 +142,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--stages", nargs="+", default=["partition", "encode", "decode", "reconstruct", "tokenize"])
     ap.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True, help="also time the per-image loop")
+    ap.add_argument("--naive-dtype", default=None,
+                    help="dtype of the naive loop's model (default: the row's dtype), e.g. float32 to compare "
+                         "tokenize --dtype bfloat16 with the plain per-image loop")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     device = torch.device(a.device)
@@ -153,7 +157,8 @@ def main() -> None:
     x_all = torch.cat([to_tensor(im)[0] for im in pil])
     what = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {what}; torch {torch.__version__}; {n_img} images of 256x256 per run, {a.tokens} tokens; "
-          f"best of {a.reps}, batched and naive runs taking turns; load average at the start "
+          f"best of {a.reps}, batched and naive runs taking turns; naive loop in "
+          f"{a.naive_dtype or 'the row dtype'}; load average at the start "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print("| model | dtype | stage | batch | img/s | peak MiB | naive loop img/s | naive peak MiB | speed-up |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
@@ -167,11 +172,13 @@ def main() -> None:
             ref = model_file(name, tmp)
             for dtype in dtypes:
                 tok = gpstoken.load_tokenizer(ref, device=device, dtype=dtype)
+                naive_tok = gpstoken.load_tokenizer(ref, device=device, dtype=a.naive_dtype or dtype)
                 for stage in a.stages:
                     if stage == "tokenize" and dtype not in ("float32", "bfloat16"):
                         continue  # gpstoken tokenize --dtype: float32 or bfloat16
                     for b in batches:
-                        fn, naive = _stage(stage, tok, ref, x_all, pil, src, tmp, b, a.tokens, device, dtype)
+                        fn, naive = _stage(stage, tok, naive_tok, ref, x_all, pil, src, tmp, b, a.tokens, device,
+                                           dtype)
                         rows = measure([fn, naive] if a.naive else [fn], n_img, device, a.reps)
                         (ips, mib), (nips, nmib) = rows[0], rows[1] if a.naive else (float("nan"), float("nan"))
                         print(f"| {name} | {dtype} | {stage} | {b} | {ips:.3g} | {mib:.0f} | {nips:.3g} | {nmib:.0f} | "
@@ -179,8 +186,8 @@ def main() -> None:
         print(f"\nload average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
-def _stage(stage, tok, ref, x_all, pil, src, tmp, b, n, device, dtype):
-    """(batched function, naive per-image function) for one stage."""
+def _stage(stage, tok, naive_tok, ref, x_all, pil, src, tmp, b, n, device, dtype):
+    """(batched function with ``tok``, naive per-image function with ``naive_tok``) for one stage."""
     chunks = list(x_all.split(b))
     layouts = [gpstoken.partition(c, n) for c in chunks]
     x_dev = [c.to(device) for c in chunks]
@@ -190,15 +197,15 @@ def _stage(stage, tok, ref, x_all, pil, src, tmp, b, n, device, dtype):
                 lambda: [gpstoken.partition(im, n) for im in pil])
     if stage == "encode":
         return (lambda: [tok.encode_tensor(c, lay) for c, lay in zip(x_dev, layouts)],
-                lambda: [gpstoken.encode(im, n, model=tok) for im in pil])
+                lambda: [gpstoken.encode(im, n, model=naive_tok) for im in pil])
     if stage == "decode":
         tokens = [tok.encode_tensor(c, lay) for c, lay in zip(x_dev, layouts)]
-        single = [gpstoken.encode(im, n, model=tok) for im in pil]
+        single = [gpstoken.encode(im, n, model=naive_tok) for im in pil]
         return (lambda: [tok.decode_tensor(t) for t in tokens],
-                lambda: [gpstoken.decode(t, model=tok) for t in single])
+                lambda: [gpstoken.decode(t, model=naive_tok) for t in single])
     if stage == "reconstruct":
         return (lambda: [tok.decode_tensor(tok.encode_tensor(c.to(device), gpstoken.partition(c, n))) for c in chunks],
-                lambda: [gpstoken.reconstruct(im, n, model=tok) for im in pil])
+                lambda: [gpstoken.reconstruct(im, n, model=naive_tok) for im in pil])
     if stage == "tokenize":
         run = iter(range(10**6))
 
@@ -211,7 +218,7 @@ def _stage(stage, tok, ref, x_all, pil, src, tmp, b, n, device, dtype):
             out.mkdir()
             for p in sorted(src.glob("*.png")):
                 img = center_crop(Image.open(p), 256)
-                gpstoken.encode(img, n, model=tok).save(out / f"{p.stem}.gpst")
+                gpstoken.encode(img, n, model=naive_tok).save(out / f"{p.stem}.gpst")
 
         return batched, naive
     raise ValueError(f"--stages: unknown stage {stage!r}")
