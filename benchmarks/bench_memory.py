@@ -20,7 +20,7 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
 from PIL import Image
-import gpstoken, gpstoken.pipeline as pipeline
+import gpstoken, gpstoken.pipeline.tokenizer as pipeline
 size, threads, untiled, model = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[5]
 torch.set_num_threads(threads)
 if untiled:

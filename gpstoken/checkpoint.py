@@ -282,6 +282,8 @@ class GeneratorConfig:
         if self.class_names is not None:
             d["class_names"] = list(self.class_names)
         if self.layout is not None:
+            if self.layout_mean is None or self.layout_std is None:
+                raise ValueError("GeneratorConfig: a layout SiT needs layout_mean and layout_std")
             d.update(layout=self.layout.to_dict(), layout_mean=list(self.layout_mean), layout_std=list(self.layout_std))
         return d
 

@@ -227,6 +227,7 @@ def _raise_bad_token(g: torch.Tensor, f: torch.Tensor | None, name: str):
                 continue
             raise ValueError(f"{name}: token (b={b}, n={n}) has {field}={val!r}, which {why} "
                              f"({n_bad} invalid token(s) in total)")
+    assert f is not None  # bad_feat is all False without features
     b, n = (int(i) for i in bad_feat.nonzero()[0])
     c = int((~torch.isfinite(f[b, n])).nonzero()[0])
     raise ValueError(f"{name}: token (b={b}, n={n}) has non-finite feature {c} = {f[b, n, c].item()!r} "
@@ -431,7 +432,7 @@ def render_inputs(geometry: Any, features: Any, size: Any, support: Any) -> tupl
     h, w = int(size[0]), int(size[1])
     if h < 2 or w < 2:
         raise ValueError(f"render: size must be at least 2x2 (pixel centres span [-1, 1]), got {(h, w)}")
-    if isinstance(support, bool) or not isinstance(support, Real) or not support > 0:  # NaN fails too
+    if isinstance(support, bool) or not isinstance(support, Real) or not float(support) > 0:  # NaN fails too
         raise ValueError(f"render: support must be a positive number (inf = no cut-off), got {support!r}")
     gaussians(geometry, features, "render")
     return h, w

@@ -44,10 +44,10 @@ def small_registry(monkeypatch):
         SMALL, gps_num=256, gps_c=32, decoder=dataclasses.replace(SMALL.decoder, z_channels=32)))
     monkeypatch.delitem(TOKENIZER_ARCHS, "gpstoken-fixture-small")
     monkeypatch.setitem(SIT_ARCHS, "SiT-XL/2-gs", SMALL_SIT)
-    for cached in (pipeline._load_tokenizer_cached, pipeline._load_generator_cached):
+    for cached in (pipeline.loading._load_tokenizer_cached, pipeline.loading._load_generator_cached):
         cached.cache_clear()
     yield
-    for cached in (pipeline._load_tokenizer_cached, pipeline._load_generator_cached):
+    for cached in (pipeline.loading._load_tokenizer_cached, pipeline.loading._load_generator_cached):
         cached.cache_clear()
 
 

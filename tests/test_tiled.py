@@ -63,7 +63,7 @@ def test_tiled_decode_through_temporary_files_equals_untiled():
 def test_chunked_encode_and_tiled_decode_through_the_tokenizer(monkeypatch):
     """A 5-patch image goes through the chunked encoder and the tiled decoder; both equal the all-at-once path."""
     import gpstoken
-    import gpstoken.pipeline as pipeline
+    import gpstoken.pipeline.tokenizer as pipeline
 
     img = torch.rand(1, 3, 64, 64 * 5) * 2 - 1
     tok = gpstoken.load_tokenizer("default", device="cpu")

@@ -89,7 +89,8 @@ class PretrainedSpec:
 
     def generator_config(self) -> GeneratorConfig:
         """The :class:`GeneratorConfig` of an official generator (one with ``arch``)."""
-        if self.kind != "generator" or self.arch is None:
+        if (self.kind != "generator" or self.arch is None or self.tokenizer is None or self.latent_mean is None
+                or self.latent_std is None):  # __post_init__ makes a generator with an arch carry all three
             raise ValueError(f"{self.name!r} is not a generator with a registered architecture")
         return GeneratorConfig(
             texture=SIT_ARCHS[self.arch], latent_mean=self.latent_mean, latent_std=self.latent_std,

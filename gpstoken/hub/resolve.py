@@ -165,7 +165,7 @@ def resolve(name_or_path: str | os.PathLike, kind: str = "tokenizer", *, arch: s
     # registry name
     if text == "default" or text in _REGISTRY:
         spec = get_spec(text, kind)
-        if spec.embedded:
+        if spec.repo_id is None:  # embedded in the package
             path = _embedded_path(spec)
         else:
             path = _download(spec.repo_id, spec.filename, spec.revision, spec.name, hint=_release_hint(spec))
@@ -188,17 +188,17 @@ def resolve(name_or_path: str | os.PathLike, kind: str = "tokenizer", *, arch: s
                 + f" (or use the registry names {[s.name for s in candidates]})"
             )
         filename = candidates[0].filename if candidates else "model.safetensors"
-    spec = next((s for s in candidates if s.filename == filename), None)
-    path = _download(repo_id, filename, revision, text, hint=_release_hint(spec) if spec else "")
+    entry = next((s for s in candidates if s.filename == filename), None)
+    path = _download(repo_id, filename, revision, text, hint=_release_hint(entry) if entry else "")
     config_json = None
-    if spec is None:
+    if entry is None:
         try:
             config_json = _read_config_json(_download(repo_id, "config.json", revision, text))
         except CheckpointNotFoundError:
             config_json = None  # the config may come from the checkpoint metadata instead
-    config, found = _config_for(path, kind, spec, config_json, arch)
+    config, found = _config_for(path, kind, entry, config_json, arch)
     source = f"{repo_id}{'@' + revision if revision else ''}:{filename}"
-    return ResolvedCheckpoint(path, spec, config, source, repo_id, revision, found)
+    return ResolvedCheckpoint(path, entry, config, source, repo_id, revision, found)
 
 
 def _release_hint(spec: PretrainedSpec) -> str:

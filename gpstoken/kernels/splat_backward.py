@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .splat_forward import load_gaussian
+from .splat_forward import launch_dims, load_gaussian
 
 
 @triton.jit
@@ -112,12 +112,7 @@ def splat_backward(
     centres, increasing), grad_out float32 [B,C,h,w], all contiguous on one device; support > 0. Returns (grad_geometry [B,N,5],
     grad_features [B,N,C]) float32. Block sizes must be powers of two.
     """
-    B, N, C = features.shape
-    H, W = ys.numel(), xs.numel()
-    if B * C * H * W >= 2**31 or B * N * max(C, 5) >= 2**31:
-        raise ValueError("splat_backward: tensors too large for 32-bit indexing; split the batch")
-    if block_c is None:
-        block_c = min(triton.next_power_of_2(C), 64)
+    B, N, C, H, W, block_c = launch_dims(features, xs, ys, block_c, "splat_backward")
     grad_geo = torch.empty((B, N, 5), dtype=torch.float32, device=features.device)
     grad_feat = torch.empty((B, N, C), dtype=torch.float32, device=features.device)
     splat_backward_kernel[(B * N,)](

@@ -75,6 +75,20 @@ def splat_forward_kernel(
     tl.store(out_ptr + out_off, acc, mask=(rmask & cmask_px)[:, None] & chmask[None, :])
 
 
+def launch_dims(features: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, block_c: int | None,
+                who: str) -> tuple[int, int, int, int, int, int]:
+    """``(B, N, C, H, W, block_c)`` of a splat launch (forward or backward): features [B,N,C],
+    xs [W], ys [H]; ``block_c`` None: the next power of two of C, at most 64. ValueError naming
+    ``who`` when the tensors would need more than 32-bit indexing."""
+    B, N, C = features.shape
+    H, W = ys.numel(), xs.numel()
+    if B * C * H * W >= 2**31 or B * N * max(C, 5) >= 2**31:
+        raise ValueError(f"{who}: tensors too large for 32-bit indexing; split the batch")
+    if block_c is None:
+        block_c = min(triton.next_power_of_2(C), 64)
+    return B, N, C, H, W, block_c
+
+
 def splat_forward(
     geometry: torch.Tensor, features: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, support: float,
     *, block_h: int = 16, block_w: int = 16, block_c: int | None = None,
@@ -85,12 +99,7 @@ def splat_forward(
     centres, increasing), all contiguous on one device; support > 0. Returns float32 [B,C,h,w].
     Block sizes must be powers of two.
     """
-    B, N, C = features.shape
-    H, W = ys.numel(), xs.numel()
-    if B * C * H * W >= 2**31 or B * N * max(C, 5) >= 2**31:
-        raise ValueError("splat_forward: tensors too large for 32-bit indexing; split the batch")
-    if block_c is None:
-        block_c = min(triton.next_power_of_2(C), 64)
+    B, N, C, H, W, block_c = launch_dims(features, xs, ys, block_c, "splat_forward")
     out = torch.empty((B, C, H, W), dtype=torch.float32, device=features.device)
     grid = (triton.cdiv(H, block_h) * triton.cdiv(W, block_w), B, triton.cdiv(C, block_c))
     splat_forward_kernel[grid](

@@ -9,60 +9,37 @@ from (an epoch-wise permutation), its rescale, crop and flip. Batches are number
 globally, so a resumed run sees exactly the data an uninterrupted run would have seen, on
 any number of processes (:class:`StepBatchSampler`).
 
-Sources
--------
-* a folder of images (any sizes, searched recursively). With ``labeled=True`` every
-  sub-folder of the root is one class (sorted names, ImageNet-folder layout).
-* ``"offline"``: photos that PyPI packages carry (no download). Always scikit-image's
-  photos and textures; also scikit-learn's ``china``/``flower``, matplotlib's
-  ``grace_hopper`` and the real photos of ``mvtb-data`` (:data:`MVTB_PHOTOS`) when those
-  packages are installed. The held-out photos (:data:`OFFLINE_HELDOUT`) are never used for
-  training.
-  The labeled variant has one class per scikit-image training image
-  (:data:`OFFLINE_CLASSES`, 16 classes, including the brick / grass / gravel texture
-  families); the optional packages' photos are not used there, so the class list does not
-  depend on what is installed.
+Sources: :mod:`gpstoken.train.photos` (offline photos, folders); layouts:
+:mod:`gpstoken.train.layouts`.
 """
 from __future__ import annotations
 
 import functools
-import math
-import os
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from ..geometry import PATCH, cells_to_arrays
+from ..geometry import PATCH
 from ..images import from_uint8, resize_short_side
-from ..sources import IMAGE_EXTENSIONS, image_files
-
-#: scikit-image images used for training; in the labeled variant, class i is the i-th name.
-OFFLINE_CLASSES: tuple[str, ...] = (
-    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coins", "grass", "gravel",
-    "hubble_deep_field", "immunohistochemistry", "moon", "motorcycle", "page", "retina", "text",
-)
-#: Offline photos kept out of training, for evaluation (entry names ``source:name``), of
-#: different kinds: a cup on a table, a rocket outdoors, a campus scene, flowers, a road, an
-#: aerial view, a park and an indoor lab. Those from optional packages are used when installed.
-OFFLINE_HELDOUT: tuple[str, ...] = (
-    "skimage:coffee", "skimage:rocket", "mvtb:campus/holdout/P1070492.png", "mvtb:flowers4.png",
-    "mvtb:road.png", "mvtb:mosaic/aerial-09.png", "mvtb:parks.png", "mvtb:lab-scene.png",
-)
-#: Training photos of ``mvtb-data`` (glob patterns under its ``images`` folder): the real
-#: photos, without its calibration targets, masks, drawings, tiny images, duplicates, the
-#: held-out photos and the mosaic frames that overlap the held-out aerial view.
-MVTB_PHOTOS: tuple[str, ...] = (
-    "58060.png", "building2-[123].png", "butterfly.jpg", "campus/P*.png", "castle.png", "castle2.png",
-    "church.png", "eiffel-[12].png", "flowers[1235-9].png", "greenscreen.png", "image3.jpg", "monalisa.png",
-    "mosaic/aerial2-*.png", "mosaic/aerialphoto.png", "notre-dame.png", "penguins.png", "rocks2-[lr].png",
-    "roof.png", "street.png", "tags.png", "tomato_*.png", "walls-[lr].png", "yellowtargets.png", "seq/im.001.png",
+from .layouts import grid_or_none, grid_shape, layout_arrays, layout_cells, uniform_cells
+from .photos import (
+    MVTB_PHOTOS,
+    OFFLINE_CLASSES,
+    OFFLINE_HELDOUT,
+    ImageEntry,
+    folder_images,
+    offline_images,
 )
 
+__all__ = [
+    "MVTB_PHOTOS", "OFFLINE_CLASSES", "OFFLINE_HELDOUT", "PATCH", "CropDataset", "DataConfig", "EvalDataset",
+    "ImageEntry", "StepBatchSampler", "folder_images", "grid_shape", "heldout_images", "layout_arrays",
+    "layout_cells", "make_crop", "make_loader", "offline_images", "training_images", "uniform_cells",
+]
 
 # ----------------------------------------------------------------------------- config
 
@@ -127,7 +104,7 @@ class DataConfig:
         lo, hi = self.token_range
         if self.init == "adaptive":
             return list(range(lo, hi + 1))
-        return [n for n in range(lo, hi + 1) if _grid_or_none(n) is not None]
+        return [n for n in range(lo, hi + 1) if grid_or_none(n) is not None]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
@@ -148,136 +125,6 @@ def _dataclass_from_dict(cls, d: dict[str, Any], where: str):
 # ----------------------------------------------------------------------------- sources
 
 
-@dataclass(frozen=True)
-class ImageEntry:
-    """One source image: a name, how to load it (HxWx3 uint8) and its class (or -1)."""
-
-    name: str
-    load: Callable[[], np.ndarray] = field(compare=False, repr=False)
-    label: int = -1
-
-
-def _as_rgb_uint8(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype != np.uint8:
-        a = np.clip(a.astype(np.float64) * (255.0 if a.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(a[:, :, :3])
-
-
-def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        import skimage.data
-
-        if name == "motorcycle":
-            return _as_rgb_uint8(skimage.data.stereo_motorcycle()[0])
-        return _as_rgb_uint8(getattr(skimage.data, name)())
-
-    return load
-
-
-def _file_loader(path: str) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-    return load
-
-
-def _sklearn_loader(index: int) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        from sklearn.datasets import load_sample_images
-
-        return _as_rgb_uint8(load_sample_images().images[index])
-
-    return load
-
-
-def _require_skimage() -> None:
-    try:
-        import skimage.data  # noqa: F401
-    except ImportError as e:
-        raise ImportError(
-            "the offline training source needs scikit-image: pip install 'gpstoken[train]'"
-        ) from e
-
-
-def _mvtb_root() -> Optional[Path]:
-    """The ``images`` folder of the ``mvtb-data`` package, or None when it is not installed."""
-    try:
-        import mvtbdata
-    except ImportError:
-        return None
-    return Path(os.path.dirname(mvtbdata.__file__)) / "images"
-
-
-def _heldout_entry(name: str) -> Optional[ImageEntry]:
-    """The entry of one :data:`OFFLINE_HELDOUT` name, or None when its package is missing."""
-    source, rel = name.split(":", 1)
-    if source == "skimage":
-        return ImageEntry(name, _skimage_loader(rel))
-    root = _mvtb_root()
-    return ImageEntry(name, _file_loader(str(root / rel))) if root is not None else None
-
-
-def offline_images(split: str = "train", labeled: bool = False) -> list[ImageEntry]:
-    """The offline photo set (see the module docstring).
-
-    split: ``"train"`` or ``"heldout"`` (:data:`OFFLINE_HELDOUT`, those installed). labeled:
-    only the scikit-image classes (:data:`OFFLINE_CLASSES`), each with its class index.
-    """
-    _require_skimage()
-    if split == "heldout":
-        return [e for e in map(_heldout_entry, OFFLINE_HELDOUT) if e is not None]
-    if split != "train":
-        raise ValueError(f"split: expected 'train' or 'heldout', got {split!r}")
-    entries = [ImageEntry(f"skimage:{n}", _skimage_loader(n), i if labeled else -1)
-               for i, n in enumerate(OFFLINE_CLASSES)]
-    if labeled:
-        return entries
-    try:
-        import sklearn.datasets  # noqa: F401
-
-        entries += [ImageEntry("sklearn:china", _sklearn_loader(0)), ImageEntry("sklearn:flower", _sklearn_loader(1))]
-    except ImportError:
-        pass
-    try:
-        import matplotlib.cbook
-
-        path = str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-        entries.append(ImageEntry("matplotlib:grace_hopper", _file_loader(path)))
-    except (ImportError, OSError, ValueError):
-        pass
-    root = _mvtb_root()
-    if root is not None:
-        files = sorted({p for pattern in MVTB_PHOTOS for p in root.glob(pattern) if p.is_file()})
-        entries += [ImageEntry(f"mvtb:{p.relative_to(root).as_posix()}", _file_loader(str(p))) for p in files]
-    return entries
-
-
-def folder_images(root: str | os.PathLike, labeled: bool = False) -> tuple[list[ImageEntry], list[str]]:
-    """Images under ``root`` (recursive) and the class names (sorted sub-folders when labeled)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data source: {root} is not a folder of images")
-    if not labeled:
-        files = image_files(root)
-        classes: list[str] = []
-        entries = [ImageEntry(str(p.relative_to(root)), _file_loader(str(p))) for p in files]
-    else:
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        if not classes:
-            raise ValueError(f"data source: labeled=True needs one sub-folder per class under {root}")
-        entries = [ImageEntry(str(p.relative_to(root)), _file_loader(str(p)), i)
-                   for i, c in enumerate(classes) for p in image_files(root / c)]
-    if not entries:
-        raise ValueError(f"data source: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-    return entries, classes
-
-
 def training_images(cfg: DataConfig) -> tuple[list[ImageEntry], list[str]]:
     """Training images and class names for a data config."""
     if cfg.source == "offline":
@@ -293,60 +140,6 @@ def heldout_images(cfg: DataConfig) -> list[ImageEntry]:
     if cfg.eval_source is None:
         return []
     return folder_images(cfg.eval_source, False)[0]
-
-
-# ----------------------------------------------------------------------------- layouts
-
-
-def _grid_or_none(n: int) -> Optional[tuple[int, int]]:
-    """(rows, cols) of a near-square grid with rows * cols = n, cols >= rows, cols <= 4 rows."""
-    rows = int(math.isqrt(n))
-    while rows >= 1:
-        if n % rows == 0:
-            cols = n // rows
-            return (rows, cols) if cols <= 4 * rows and cols <= PATCH // 8 else None
-        rows -= 1
-    return None
-
-
-def grid_shape(n_tokens: int) -> tuple[int, int]:
-    """(rows, cols) of the uniform layout for ``n_tokens`` cells: the most square factorization
-    (64 -> 8x8, 128 -> 8 rows x 16 cols). Raises when it would be thinner than 1:4 or cells
-    narrower than 8 pixels."""
-    g = _grid_or_none(n_tokens)
-    if g is None:
-        raise ValueError(
-            f"n_tokens={n_tokens} does not allow a uniform grid (need rows*cols = n_tokens with "
-            f"cols <= 4*rows and cells >= 8 px); use e.g. 16, 32, 64, 128, 256"
-        )
-    return g
-
-
-def uniform_cells(n_tokens: int) -> list[tuple[int, int, int, int]]:
-    """Cells ``(x0, y0, x1, y1)`` (inclusive pixel ranges) of a regular grid over a 256 patch,
-    row-major."""
-    rows, cols = grid_shape(n_tokens)
-    ys = [round(i * PATCH / rows) for i in range(rows + 1)]
-    xs = [round(i * PATCH / cols) for i in range(cols + 1)]
-    return [(xs[c], ys[r], xs[c + 1] - 1, ys[r + 1] - 1) for r in range(rows) for c in range(cols)]
-
-
-def layout_cells(image: torch.Tensor, n_tokens: int, init: str = "adaptive", weight: float = 2.5,
-                 min_size: int = 8) -> np.ndarray:
-    """Inclusive pixel cells ``[N,4]`` (x0,y0,x1,y1) of one ``[3,256,256]`` patch in ``[-1,1]``:
-    its entropy partition (``init="adaptive"``) or the uniform grid."""
-    from ..partition import grey_of, partition_patch
-
-    if init == "uniform":
-        return np.asarray(uniform_cells(n_tokens), dtype=np.int64)
-    return np.asarray(partition_patch(grey_of(image[None])[0], n_tokens, weight=weight, min_size=min_size))
-
-
-def layout_arrays(image: torch.Tensor, n_tokens: int, init: str = "adaptive", weight: float = 2.5,
-                  min_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """``g_init [N,5]`` and ``regions [N,4]`` for one ``[3,256,256]`` patch in ``[-1,1]``."""
-    g, r = cells_to_arrays(layout_cells(image, n_tokens, init, weight, min_size), PATCH, PATCH)
-    return torch.as_tensor(g, dtype=torch.float32), torch.as_tensor(r, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------- crops
