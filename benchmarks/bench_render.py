@@ -83,7 +83,8 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     print(f"render forward+backward, best of {args.reps} (ms); CPU threads {args.threads}"
           + (f"; GPU {torch.cuda.get_device_name()}" if cuda else ""))
-    head = f"{'B':>3} {'N':>4} {'h x w':>9} {'C':>3} | {'dense':>9} {'culled':>9} {'speed-up':>8} {'out diff':>8} {'grad rel':>8}"
+    head = (f"{'B':>3} {'N':>4} {'h x w':>9} {'C':>3} | {'dense':>9} {'culled':>9} {'speed-up':>8} "
+            f"{'out diff':>8} {'grad rel':>8}")
     if cuda:
         head += f" | {'cuda dense':>10} {'triton':>8} {'speed-up':>8} {'out diff':>8} {'grad rel':>8}"
     print(head)
@@ -112,7 +113,8 @@ def main() -> None:
             )
             row += f" | {td:>10.3f} {tt:>8.3f} {td / tt:>7.1f}x {dc_out:>8.1e} {dc_grad:>8.1e}"
         print(row)
-    print("out diff = max |out - dense|; grad rel = max over grad geometry / grad features of max|diff| / max|dense grad|.")
+    print("out diff = max |out - dense|; "
+          "grad rel = max over grad geometry / grad features of max|diff| / max|dense grad|.")
 
 
 if __name__ == "__main__":

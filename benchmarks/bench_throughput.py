@@ -133,7 +133,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["default", "m128"],
                     help="registry names, Hub ids or checkpoint files; s64 / m128 / l256: that official "
                          "architecture with random weights (default: default m128)")
-    ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default: 1 4 on CPU, 1 16 64 on CUDA)")
+    ap.add_argument("--batch", type=int, nargs="+", default=None,
+                    help="batch sizes (default: 1 4 on CPU, 1 16 64 on CUDA)")
     ap.add_argument("--dtype", nargs="+", default=None,
                     help="float32 / bfloat16 / float16 (default: float32 bfloat16 on CUDA and on a CPU with native "
                          "bfloat16, else float32)")

@@ -70,7 +70,8 @@ def main() -> None:
     g1, r1 = layout(cfg.gps_num)
 
     print(f"{args.arch}, 256x256, N={cfg.gps_num}, threads={args.threads}, best of {args.reps}")
-    print(f"{'batch':>5} {'reference s':>12} {'gpstoken s':>11} {'speed-up':>9} {'max|diff| recon':>16} {'max|diff| tokens':>17}")
+    print(f"{'batch':>5} {'reference s':>12} {'gpstoken s':>11} {'speed-up':>9} {'max|diff| recon':>16} "
+          f"{'max|diff| tokens':>17}")
     for b in args.batch:
         images = torch.rand(b, 3, 256, 256) * 2 - 1
         g, r = g1.expand(b, -1, -1).clone(), r1.expand(b, -1, -1).clone()

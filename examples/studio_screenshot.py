@@ -50,7 +50,8 @@ def main() -> None:
     page = webdriver.Chrome(options=opts, service=Service(executable_path=shutil.which("chromedriver")))
     try:
         page.get(server.url)
-        WebDriverWait(page, 60).until(lambda d: d.find_element("tag name", "body").get_attribute("data-state") == "idle")
+        WebDriverWait(page, 60).until(
+            lambda d: d.find_element("tag name", "body").get_attribute("data-state") == "idle")
         page.execute_script("document.getElementById('tokens').value = 64;")
         page.find_element("css selector", "button[data-example='astronaut.png']").click()
         wait_version(page, 1)

@@ -41,7 +41,8 @@ def decode(tokens: GPSTokens, *, model: Optional[str | Tokenizer] = None, device
     other model (a Hub id, a local file) need ``model=``, so that a token file never makes
     gpstoken load or download what it names."""
     if not isinstance(tokens, GPSTokens):
-        raise TypeError(f"tokens: expected gpstoken.GPSTokens (from encode or GPSTokens.load), got {type(tokens).__name__}")
+        raise TypeError("tokens: expected gpstoken.GPSTokens (from encode or GPSTokens.load), got "
+                        f"{type(tokens).__name__}")
     if model is None:
         if tokens.model != "default" and tokens.model not in hub.list_pretrained("tokenizer"):
             raise ValueError(

@@ -117,7 +117,8 @@ def read_keys(path: str | os.PathLike) -> list[str]:
         raise CheckpointFormatError(f"{path} is corrupt or not a safetensors file ({e})") from e
 
 
-def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_safetensors(path: str | os.PathLike,
+                     device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load ``(state_dict, metadata)`` from a safetensors file.
 
     Raises CheckpointNotFoundError for a missing file and CheckpointFormatError for a pickled
@@ -326,8 +327,8 @@ class GeneratorConfig:
             m = d["model"]
             c = int(m["in_channels"])
             gps_c = int(d.get("gpstoken", {}).get("gpsconfig", {}).get("gps_c", c - GEOMETRY))
-            texture = replace(SIT_ARCHS.get(m.get("name"), base.texture), input_size=(int(m["latent_size"]), 1), in_channels=c,
-                              num_classes=int(m["num_classes"]), cond_channels=c - gps_c)
+            texture = replace(SIT_ARCHS.get(m.get("name"), base.texture), input_size=(int(m["latent_size"]), 1),
+                              in_channels=c, num_classes=int(m["num_classes"]), cond_channels=c - gps_c)
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointFormatError(f"official generator config: missing or bad model.* field ({e})") from e
         names = base.class_names if base.class_names and len(base.class_names) == texture.num_classes else None

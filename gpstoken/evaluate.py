@@ -236,13 +236,14 @@ _SHORT = {"st_lpips": "n/a (install stlpips-pytorch)", "rfid": "n/a (see below)"
 
 def markdown_table(results: dict[str, Any]) -> str:
     """The results as a markdown table (unavailable metrics say why below it)."""
-    lines = ["| model | tokens | " + " | ".join(f"{label} {'↑' if d == 'higher' else '↓'}" for _, label, d in METRICS) + " |",
-             "|---|---:|" + "---:|" * len(METRICS)]
+    heads = " | ".join(f"{label} {'↑' if d == 'higher' else '↓'}" for _, label, d in METRICS)
+    lines = ["| model | tokens | " + heads + " |", "|---|---:|" + "---:|" * len(METRICS)]
     for r in results["results"]:
         cells = []
         for m, _, _ in METRICS:
             v = r[m]
-            cells.append(_SHORT.get(m, "n/a") if v is None else f"{v:.4f}" if m == "ssim" or m == "st_lpips" else f"{v:.2f}")
+            cells.append(_SHORT.get(m, "n/a") if v is None
+                         else f"{v:.4f}" if m == "ssim" or m == "st_lpips" else f"{v:.2f}")
         lines.append(f"| {r['model']} | {r['tokens']} | " + " | ".join(cells) + " |")
     notes = [f"\n{results['images']} images of {results['source']} ({results['preprocessing']})."]
     if results.get("fid_features"):

@@ -95,7 +95,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     batch["image"] = torch.stack([it["image"] for it in ok])
     batch["source_size"] = torch.stack([it["source_size"] for it in ok])
     batch["label"] = torch.tensor([it["label"] for it in ok], dtype=torch.int64)
-    batch["layouts"] = {n: (torch.stack([it["layouts"][n][0] for it in ok]), torch.stack([it["layouts"][n][1] for it in ok]))
+    batch["layouts"] = {n: (torch.stack([it["layouts"][n][0] for it in ok]),
+                            torch.stack([it["layouts"][n][1] for it in ok]))
                         for n in ok[0]["layouts"]}
     return batch
 

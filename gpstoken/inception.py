@@ -48,7 +48,8 @@ def _pytorch_fid(device: torch.device) -> Extractor:
     return features
 
 
-def load_inception(weights: Optional[str] = None, device: torch.device | str = "cpu") -> tuple[Optional[Extractor], str]:
+def load_inception(weights: Optional[str] = None,
+                   device: torch.device | str = "cpu") -> tuple[Optional[Extractor], str]:
     """``(features, description)`` where ``features(uint8 [B,3,H,W]) -> float32 [B,2048]``,
     or ``(None, reason)`` when no backend or no weights are available."""
     device = torch.device(device)
@@ -60,7 +61,9 @@ def load_inception(weights: Optional[str] = None, device: torch.device | str = "
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             return None, f"cannot load the Inception weights {weights}: {e}"
     reasons = []
-    for name, make in (("torch-fidelity", lambda: _torch_fidelity(None, device)), ("pytorch-fid", lambda: _pytorch_fid(device))):
+    backends = (("torch-fidelity", lambda: _torch_fidelity(None, device)),
+                ("pytorch-fid", lambda: _pytorch_fid(device)))
+    for name, make in backends:
         try:
             return make(), f"{name} InceptionV3 (standard FID weights)"
         except ImportError:

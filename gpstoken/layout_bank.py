@@ -163,7 +163,8 @@ class LayoutBank:
         except Exception as exc:  # safetensors raises several exception types for corrupt headers
             raise LayoutBankError(f"{path} is not a readable safetensors file: {exc}") from exc
         if meta.get("format") != FORMAT:
-            raise LayoutBankError(f"{path} is not a layout bank (metadata format={meta.get('format')!r}, expected {FORMAT!r})")
+            raise LayoutBankError(f"{path} is not a layout bank (metadata format={meta.get('format')!r}, expected "
+                                  f"{FORMAT!r})")
         if meta.get("format_version") != FORMAT_VERSION:
             raise LayoutBankError(
                 f"{path} has layout bank format version {meta.get('format_version')!r}; this gpstoken reads "

@@ -343,7 +343,8 @@ def sample(
         raise ValueError(f"unknown sampling method {method!r}; choose from {list(METHODS)}")
     unknown = set(opts) - allowed[method]
     if unknown:
-        raise TypeError(f"options {sorted(unknown)} do not apply to method {method!r} (allowed: {sorted(allowed[method])})")
+        raise TypeError(f"options {sorted(unknown)} do not apply to method {method!r} (allowed: "
+                        f"{sorted(allowed[method])})")
     if method == "sde":
         return sample_sde(velocity_fn, noise, steps=steps, generator=generator, progress=progress, **opts)
     if method == "euler":

@@ -117,7 +117,8 @@ def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
         if out.is_dir() and any(out.glob("shard-*.safetensors")):
             raise FileNotFoundError(f"{out}: the tokenize run is not finished (no {MANIFEST} yet); "
                                     "rerun the same `gpstoken tokenize` command to resume it")
-        raise FileNotFoundError(f"{out}: not a gpstoken token folder (no {MANIFEST}); make one with `gpstoken tokenize`")
+        raise FileNotFoundError(f"{out}: not a gpstoken token folder (no {MANIFEST}); "
+                                "make one with `gpstoken tokenize`")
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: not a gpstoken token manifest (format {manifest.get('format')!r})")

@@ -69,7 +69,8 @@ class GPSTokens:
         validate.token_tensors(self.geometry, self.features, tuple(self.layout.geometry.shape))
         size = tuple(self.image_size) if isinstance(self.image_size, (tuple, list)) else self.image_size
         if size != self.layout.image_size:
-            raise ValueError(f"GPSTokens.image_size: {self.image_size!r} differs from the layout's {self.layout.image_size}")
+            raise ValueError(f"GPSTokens.image_size: {self.image_size!r} differs from the layout's "
+                             f"{self.layout.image_size}")
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"GPSTokens.model: expected a non-empty model id string, got {self.model!r}")
         object.__setattr__(self, "image_size", size)
@@ -79,7 +80,8 @@ class GPSTokens:
     def from_array(cls, tokens: torch.Tensor, layout: Layout, model: str) -> "GPSTokens":
         """Split official-layout tokens ``[B,N,5+C]`` into geometry and features."""
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tokens.shape[-1] <= GEOMETRY:
-            raise ValueError(f"tokens: expected a tensor [B,N,5+C] with C >= 1, got {getattr(tokens, 'shape', type(tokens))}")
+            raise ValueError("tokens: expected a tensor [B,N,5+C] with C >= 1, got "
+                             f"{getattr(tokens, 'shape', type(tokens))}")
         return cls(tokens[..., :GEOMETRY], tokens[..., GEOMETRY:], layout.image_size, layout, model)
 
     # ------------------------------------------------------------------ sizes

@@ -89,10 +89,12 @@ def as_tensor(value: Any, name: str, what: str) -> torch.Tensor:
 def as_rows(value: Any, name: str, width: int, what: str) -> torch.Tensor:
     """A non-empty finite float64 ``[M, width]`` tensor from a list of rows (or one row)."""
     t = as_tensor(value, name, f"a list of {what}")
-    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype.is_signed or t.dtype == torch.uint8):
+    numeric = t.is_floating_point() or t.dtype.is_signed or t.dtype == torch.uint8
+    if t.dtype == torch.bool or t.is_complex() or not numeric:
         raise TypeError(f"{name}: expected a list of {what}, got dtype {t.dtype}")
     if t.ndim not in (1, 2) or t.numel() == 0 or t.shape[-1] != width:
-        raise ValueError(f"{name}: expected a non-empty list of {what} ({width} numbers each), got shape {tuple(t.shape)}")
+        raise ValueError(f"{name}: expected a non-empty list of {what} ({width} numbers each), got shape "
+                         f"{tuple(t.shape)}")
     t = t.to(torch.float64).reshape(-1, width)
     if not torch.isfinite(t).all():
         raise ValueError(f"{name}: {what} must be finite, got NaN or Inf")
@@ -318,7 +320,8 @@ def partition_options(n_tokens: Any, weight: Any, min_size: Any) -> tuple[int, f
     if n_tokens < 1:
         raise ValueError(f"n_tokens: must be >= 1 (tokens per 256x256 patch), got {n_tokens}")
     if isinstance(weight, bool) or not isinstance(weight, (int, float, np.floating, np.integer)):
-        raise TypeError(f"weight: expected a positive float (entropy exponent, official 2.5), got {type(weight).__name__}")
+        raise TypeError("weight: expected a positive float (entropy exponent, official 2.5), got "
+                        f"{type(weight).__name__}")
     if not math.isfinite(weight) or weight <= 0:
         raise ValueError(f"weight: must be a finite float > 0 (entropy exponent, official 2.5), got {weight}")
     if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)):
@@ -377,7 +380,8 @@ def partition_cells(cells: Any, height: int, width: int, name: str = "cells") ->
     return keys
 
 
-def priority(value: Any, height: int, width: int, name: str = "priority") -> torch.Tensor | list[tuple[int, int, int, int]]:
+def priority(value: Any, height: int, width: int,
+             name: str = "priority") -> torch.Tensor | list[tuple[int, int, int, int]]:
     """A partition priority: an ``[H,W]`` mask (bool or floats in [0, 1]) -> float64 CPU
     tensor, or a sequence of pixel boxes ``(x0, y0, x1, y1)`` (ints, ``x0 <= x1``, ``y0 <= y1``)
     -> list of int tuples."""

@@ -16,7 +16,8 @@ def test_algorithms_citations_name_real_sections():
     for path in sorted((ROOT / "gpstoken").rglob("*.py")):
         for first, last in cite.findall(path.read_text()):
             for n in range(int(first), int(last or first) + 1):
-                assert n in sections, f"{path.relative_to(ROOT)} cites docs/algorithms.md section {n}, which does not exist"
+                where = path.relative_to(ROOT)
+                assert n in sections, f"{where} cites docs/algorithms.md section {n}, which does not exist"
                 cited += 1
     assert cited >= 10  # the modules do cite it
     assert sections >= set(range(9))

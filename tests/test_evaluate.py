@@ -48,7 +48,8 @@ def one_process(photos, tmp_path_factory):
 def test_metrics_equal_direct_computation(photos, one_process):
     out, results = one_process
     assert results["images"] == 2 and [s["id"] for s in results["skipped"]] == ["broken.jpg"]
-    images = torch.cat([to_tensor(center_crop(Image.open(photos / n), 256))[0] for n in ("astronaut.png", "coffee.png")])
+    images = torch.cat([to_tensor(center_crop(Image.open(photos / n), 256))[0]
+                        for n in ("astronaut.png", "coffee.png")])
     real = FeatureMoments(48)
     real.update(_pool_features(((images + 1) * 127.5).round().to(torch.uint8)))
     for row, n in zip(results["results"], COUNTS):
@@ -108,4 +109,5 @@ def test_cli_two_processes_match_one_and_errors(photos, one_process, tmp_path, c
     assert "--tokens" in err(str(photos), "--tokens", "0", "-o", str(tmp_path / "x"))
     assert "--size" in err(str(photos), "--size", "8", "-o", str(tmp_path / "x"))
     assert "does not exist" in err(str(tmp_path / "nope"), "-o", str(tmp_path / "x"))
-    assert "no such checkpoint" in err(str(photos), "--model", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path / "x"))
+    missing = str(tmp_path / "nope.safetensors")
+    assert "no such checkpoint" in err(str(photos), "--model", missing, "-o", str(tmp_path / "x"))

@@ -143,7 +143,8 @@ def test_downloads_png_and_gpst(client, encoded):
         assert status == 200 and Image.open(io.BytesIO(raw)).size == (256, 256), name
     # the downloaded "after" picture is the decoded .gpst
     rec = gpstoken.decode(tokens)
-    assert np.array_equal(np.asarray(rec), np.asarray(Image.open(io.BytesIO(client.call(f"/api/sessions/{sid}/after.png")[1]))))
+    after = Image.open(io.BytesIO(client.call(f"/api/sessions/{sid}/after.png")[1]))
+    assert np.array_equal(np.asarray(rec), np.asarray(after))
     assert client.call(f"/api/sessions/{sid}/secret.txt")[0] == 404
     assert client.call("/api/sessions/nope/after.png")[0] == 404
 
@@ -282,7 +283,8 @@ def test_app_py_serves_the_page_on_all_interfaces():
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = proc.stdout.readline()
-        assert "gpstoken studio on http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        why = proc.stderr.read() if proc.poll() is not None else ""
+        assert "gpstoken studio on http://127.0.0.1:" in line, (line, why)
         url = line.split()[3]
         with urllib.request.urlopen(url + "api/info", timeout=60) as r:
             info = json.loads(r.read())

@@ -48,7 +48,8 @@ def page():
 
     opts = Options()
     opts.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1600,1000"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1600,1000"):
         opts.add_argument(arg)
     drv = webdriver.Chrome(options=opts, service=Service(executable_path=driver_path))
     yield drv

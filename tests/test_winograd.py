@@ -37,7 +37,8 @@ def _conv(monkeypatch, cin=8, cout=8) -> Conv3x3:
 def test_module_uses_winograd_only_without_autograd(monkeypatch):
     conv = _conv(monkeypatch)
     calls = []
-    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a: calls.append(1) or F.conv2d(a[0], conv.weight, a[2], padding=1))
+    monkeypatch.setattr(winograd, "winograd_conv3x3",
+                        lambda *a: calls.append(1) or F.conv2d(a[0], conv.weight, a[2], padding=1))
     x = torch.randn(1, 8, 6, 6)
     out = conv(x)  # grad mode, weights require grad: the direct convolution (autograd)
     assert out.requires_grad and not calls

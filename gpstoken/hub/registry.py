@@ -69,7 +69,8 @@ class PretrainedSpec:
             raise ValueError(f"PretrainedSpec.kind: expected one of {KINDS}, got {self.kind!r}")
         archs = TOKENIZER_ARCHS if self.kind == "tokenizer" else SIT_ARCHS
         if self.arch is not None and self.arch not in archs:
-            raise ValueError(f"PretrainedSpec.arch: unknown {self.kind} architecture {self.arch!r}; known: {sorted(archs)}")
+            raise ValueError(f"PretrainedSpec.arch: unknown {self.kind} architecture {self.arch!r}; known: "
+                             f"{sorted(archs)}")
         if self.kind == "generator" and self.arch is not None and (
                 self.tokenizer is None or self.latent_mean is None or self.latent_std is None):
             raise ValueError(f"PretrainedSpec {self.name!r}: a generator with an arch needs tokenizer, latent_mean "

@@ -3,8 +3,9 @@
 One program owns one token. It first finds the token's pixel box exactly (the pixels passing
 ``|x_j - mu_x| <= support*sigma_x`` form one interval because ``x_j - mu_x`` is monotone in j;
 counting over the O(h + w) pixel centres gives its ends), then walks the box in chunks of
-``BLOCK_P``, re-applying the cut-off test, and accumulates the gradients of its 5 geometry numbers and C features. Each program writes only
-its own token's rows, so no atomics are needed and the result is deterministic.
+``BLOCK_P``, re-applying the cut-off test, and accumulates the gradients of its 5 geometry numbers
+and C features. Each program writes only its own token's rows, so no atomics are needed and the
+result is deterministic.
 
 With ``u = dx/sx``, ``t = dy/sy``, ``a = 1/(2(1-rho^2))``, ``q = u^2 - 2 rho u t + t^2``,
 ``v = exp(-a q)`` and ``gv = v * <grad_out[pixel], f>``:
@@ -109,8 +110,8 @@ def splat_backward(
     """Launch :func:`splat_backward_kernel`.
 
     geometry float32 [B,N,5], features float32 [B,N,C], xs float32 [w], ys float32 [h] (pixel
-    centres, increasing), grad_out float32 [B,C,h,w], all contiguous on one device; support > 0. Returns (grad_geometry [B,N,5],
-    grad_features [B,N,C]) float32. Block sizes must be powers of two.
+    centres, increasing), grad_out float32 [B,C,h,w], all contiguous on one device; support > 0.
+    Returns (grad_geometry [B,N,5], grad_features [B,N,C]) float32. Block sizes must be powers of two.
     """
     B, N, C, H, W, block_c = launch_dims(features, xs, ys, block_c, "splat_backward")
     grad_geo = torch.empty((B, N, 5), dtype=torch.float32, device=features.device)

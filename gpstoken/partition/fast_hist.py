@@ -243,8 +243,9 @@ def fast_counts(groups: list[torch.Tensor], margin: float, ws: Workspace | None 
         if h > RESIZE:
             x = exact_resize_axis(x, 1)
         xp = _pad_replicate(x)
-        unsure = torch.cat([_fast_keys(xp[s:s + _FAST_CHUNK], margin, ws, keys[base + s:base + min(s + _FAST_CHUNK, kk)])
-                            + torch.tensor([s, 0]) for s in range(0, kk, _FAST_CHUNK)])
+        unsure = torch.cat([
+            _fast_keys(xp[s:s + _FAST_CHUNK], margin, ws, keys[base + s:base + min(s + _FAST_CHUNK, kk)])
+            + torch.tensor([s, 0]) for s in range(0, kk, _FAST_CHUNK)])
         if unsure.numel():
             cell, f = unsure[:, 0], unsure[:, 1]
             rows = torch.from_numpy(_axis_ops(h, True)[1].perm)[f // RESIZE]

@@ -146,8 +146,8 @@ class Studio:
         tok = self.tokenizer
         if self.generator_name is not None and self.generator.tokenizer.config.gps_c != tok.config.gps_c:
             raise ValueError(
-                f"generator {self.generator_name!r} decodes with {self.generator.tokenizer.name!r}, whose tokens do not "
-                f"fit tokenizer {self.model_name!r}; pass a matching --model or --generator"
+                f"generator {self.generator_name!r} decodes with {self.generator.tokenizer.name!r}, "
+                f"whose tokens do not fit tokenizer {self.model_name!r}; pass a matching --model or --generator"
             )
 
     def info(self) -> dict:

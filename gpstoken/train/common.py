@@ -47,9 +47,10 @@ class RunConfig:
     lr_warmup / lr_schedule: linear warm-up steps, then ``"constant"`` or ``"cosine"`` (to 10%).
     *_every: in optimizer steps (0 disables). save_every_minutes: also checkpoint when this
     much wall-clock time has passed since the last checkpoint (slow CPU runs; None: off).
-    keep_checkpoints: how many resumable checkpoints to keep. export_dtype: ``"float32"`` or ``"float16"`` for the exported EMA
-    weights. export_on_save: export the EMA weights at every periodic checkpoint too (to evaluate
-    a long run while it trains; an interrupted run leaves a usable export).
+    keep_checkpoints: how many resumable checkpoints to keep. export_dtype: ``"float32"`` or
+    ``"float16"`` for the exported EMA weights. export_on_save: export the EMA weights at every
+    periodic checkpoint too (to evaluate a long run while it trains; an interrupted run leaves a
+    usable export).
     """
 
     seed: int = 0

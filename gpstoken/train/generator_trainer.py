@@ -81,7 +81,8 @@ class GeneratorTrainConfig(RunConfig):
     tokenizer's id). extract_samples / extract_batch_size: crops to encode and the encoding
     batch. cache_dir: extraction cache (default ``<out>/cache``). cond_noise: layout
     condition noise in units of each geometry channel's std (texture). layout_from: a layout
-    export (or a generator bundling a layout model) to bundle into the texture export. class_names: override the data's class names.
+    export (or a generator bundling a layout model) to bundle into the texture export.
+    class_names: override the data's class names.
     init_from: a safetensors generator to start from (``ema_model.`` / ``layout_model.``
     prefixed keys or plain keys). tokens: a ``gpstoken tokenize --labeled`` folder to train on
     instead of extracting crops (``data`` is then not used; ``tokenizer`` defaults to the
