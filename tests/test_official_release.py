@@ -259,8 +259,8 @@ def test_generate_uses_the_registered_sampling_defaults(release, monkeypatch):
         seen.update(scale=scale, interval=interval)
         return velocity
 
-    monkeypatch.setattr(pipeline, "sample", fake_sample)
-    monkeypatch.setattr(pipeline, "cfg_velocity", fake_cfg)
+    monkeypatch.setattr(pipeline.generator, "sample", fake_sample)
+    monkeypatch.setattr(pipeline.generator, "cfg_velocity", fake_cfg)
     gen.generate(0, seed=0, progress=False)
     assert seen == {"method": "sde", "steps": 250, "scale": 1.5, "interval": (0.2, 1.0)}
     gpstoken.generate(0, seed=0, guidance_interval=(0.1, 0.9), cfg_scale=4.0, steps=7, model=gen, progress=False)

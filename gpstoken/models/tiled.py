@@ -113,7 +113,8 @@ class _TileNorms(Norms):
             if run.collecting is None:
                 run.collecting = _Stats(x.shape[0], run.grid, whole, x.device)
             ph, pw = run.patch
-            run.collecting.add(x[:, :, ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0], (ty0 // ph, ty1 // ph, tx0 // pw, tx1 // pw))
+            run.collecting.add(x[:, :, ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0],
+                               (ty0 // ph, ty1 // ph, tx0 // pw, tx1 // pw))
             raise _Collected
         mean, std = run.stats[index]
         b, c, h, w = x.shape
@@ -197,7 +198,8 @@ class _Store:
         try:
             for r in rows:
                 for c in cols:
-                    block = nhwc[:, (r - rows[0]) * ph:(r - rows[0] + 1) * ph, (c - cols[0]) * pw:(c - cols[0] + 1) * pw]
+                    ry, cx = (r - rows[0]) * ph, (c - cols[0]) * pw
+                    block = nhwc[:, ry:ry + ph, cx:cx + pw]
                     self.file.seek((r * m + c) * self.block_bytes)
                     self.file.write(block.contiguous().cpu().view(torch.uint8).numpy().data)
         except OSError as e:
