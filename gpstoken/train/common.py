@@ -99,7 +99,7 @@ class RunConfig:
         unknown = set(d) - names - {"kind", "$comment"}
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown config fields {sorted(unknown)}; known: {sorted(names)}")
-        kw = {k: (tuple(v) if k == "betas" else v) for k, v in d.items() if k in names}
+        kw: dict[str, Any] = {k: (tuple(v) if k == "betas" else v) for k, v in d.items() if k in names}
         return cls(**kw)
 
     @classmethod

@@ -28,7 +28,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -110,7 +110,7 @@ class CachedCrops(Dataset):
             self.size = int(f.get_slice("images").get_shape()[0])
         self.token_counts: list[int] = list(meta["token_counts"])
         self.meta = meta
-        self._file = None
+        self._file: Any = None  # safetensors safe_open, opened in each worker
 
     def __len__(self) -> int:
         return self.size

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -279,8 +279,8 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: Dataset, batch_sampler: Optional[Sampler] = None, *, batch_size: int = 1,
-                num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+def make_loader(dataset: Dataset, batch_sampler: Optional[Sampler | Iterable[list[Any]]] = None, *,
+                batch_size: int = 1, num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over ``dataset`` (one thread per worker; workers persist for infinite samplers).
     It has its own generator, so it never draws from (and shifts) the global torch RNG."""
     kw: dict[str, Any] = dict(num_workers=num_workers, pin_memory=pin_memory,

@@ -36,7 +36,7 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Move the average towards ``model``'s current weights (unwrapped module)."""
         d = self.current_decay()
-        ema_p = [p for p in self.model.parameters()]
+        ema_p: list[torch.Tensor] = list(self.model.parameters())
         src_p = [p.detach().float() for p in model.parameters()]
         if len(ema_p) != len(src_p):
             raise ValueError("EMA.update: the model's parameters do not match the EMA copy")

@@ -226,7 +226,7 @@ def _extract_range(cfg: GeneratorTrainConfig, run: Run, lo: int, hi: int, with_t
     bs = cfg.extract_batch_size
     sampler = [[(j, n_tokens) for j in range(s, min(hi, s + bs))] for s in range(lo, hi, bs)]
     loader = make_loader(CropDataset(entries, cfg.data, cfg.seed), sampler, num_workers=cfg.data.num_workers)
-    model = load_tokenizer_model(cfg.tokenizer, run.device) if with_tokens else None
+    model = load_tokenizer_model(cfg.tokenizer, run.device) if with_tokens and cfg.tokenizer else None  # extract checks
     out: dict[str, list[torch.Tensor]] = {"g_init": [], "labels": []}
     if with_tokens:
         out["tokens"] = []

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 from ..images import to_uint8
 from ..io import save_image
@@ -162,15 +163,17 @@ class TokenizerTrainer:
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
         cfg, run = self.cfg, self.run
-        dataset, choices = CropDataset(self.entries, cfg.data, cfg.seed), cfg.data.token_choices()
+        dataset: Dataset = CropDataset(self.entries, cfg.data, cfg.seed)
+        choices = cfg.data.token_choices()
         if cfg.data.cache:
             from .crop_cache import CachedCrops  # imported here: `python -m gpstoken.train.crop_cache` runs it
 
-            dataset = CachedCrops(cfg.data.cache)
-            choices = [n for n in dataset.token_counts if n in choices]
+            cached = CachedCrops(cfg.data.cache)
+            choices = [n for n in cached.token_counts if n in choices]
             if not choices:
-                raise ValueError(f"data.cache: {cfg.data.cache} caches token counts {dataset.token_counts}, "
+                raise ValueError(f"data.cache: {cfg.data.cache} caches token counts {cached.token_counts}, "
                                  f"none in data.n_tokens {cfg.data.n_tokens!r}")
+            dataset = cached
         sampler = StepBatchSampler(cfg.batch_size, choices, rank=run.rank, world=run.world,
                                    start=run.step * cfg.grad_accum, seed=cfg.seed)
         loader = make_loader(dataset, sampler,
