@@ -26,7 +26,7 @@ ImageLike = Any
 #: bar is shown above PROGRESS_PATCHES patches
 ENCODE_CHUNK = 4
 UNTILED_PATCHES = 4
-DECODE_TILE = 2
+DECODE_TILE = 1
 PROGRESS_PATCHES = 4
 
 
