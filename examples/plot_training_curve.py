@@ -5,8 +5,8 @@ of the EMA weights on the held-out crops; a resumed run appends to the same file
 them with optional reference lines, e.g. the bicubic baseline and the starting model as
 measured by ``examples/evaluate_tokenizer.py`` at the same token count:
 
-    python examples/plot_training_curve.py runs/tiny_cpu docs/images/tiny_cpu_curve.png \
-        --start 19.39 --ref "bicubic thumbnail (30x30x3)=22.38" --title "128 tokens, 8 held-out photos"
+    python examples/plot_training_curve.py runs/tiny_light [runs/tiny_light_uniform] docs/images/tiny_light_curve.png \
+        --ref "bicubic thumbnail (30x30x3)=22.38" --title "128 tokens, 8 held-out photos"
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ def read_curve(run: Path) -> list[tuple[int, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="run folder with metrics.jsonl")
-    p.add_argument("png", type=Path, help="output PNG")
+    p.add_argument("runs", type=Path, nargs="+", help="run folder(s) with metrics.jsonl, one line each; then the output PNG")
     p.add_argument("--start", type=float, default=None, help="held-out PSNR at step 0 (the initial weights)")
     p.add_argument("--ref", action="append", default=[], help="LABEL=PSNR horizontal reference line (repeatable)")
     p.add_argument("--title", default="held-out PSNR during training")
@@ -41,13 +40,17 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curve = read_curve(a.run)
-    if a.start is not None:
-        curve = [(0, a.start)] + [c for c in curve if c[0] > 0]
-    if not curve:
-        raise SystemExit(f"{a.run}: no eval_psnr records yet")
+    if len(a.runs) < 2:
+        raise SystemExit("expected RUN [RUN ...] PNG")
+    *runs, png = a.runs
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    ax.plot([s for s, _ in curve], [v for _, v in curve], "o-", ms=3, label=f"EMA weights ({a.run.name})")
+    for run in runs:
+        curve = read_curve(run)
+        if a.start is not None:
+            curve = [(0, a.start)] + [c for c in curve if c[0] > 0]
+        if not curve:
+            raise SystemExit(f"{run}: no eval_psnr records yet")
+        ax.plot([s for s, _ in curve], [v for _, v in curve], "o-", ms=3, label=f"EMA weights ({run.name})")
     for ref in a.ref:
         label, _, value = ref.rpartition("=")
         if not label:
@@ -60,9 +63,9 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
-    a.png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(a.png)
-    print(f"wrote {a.png} ({len(curve)} points, last: step {curve[-1][0]}, {curve[-1][1]:.2f} dB)")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    print(f"wrote {png} ({len(runs)} run(s); last: step {curve[-1][0]}, {curve[-1][1]:.2f} dB)")
 
 
 if __name__ == "__main__":
