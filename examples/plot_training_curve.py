@@ -30,7 +30,8 @@ def read_curve(run: Path) -> list[tuple[int, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", type=Path, nargs="+", help="run folder(s) with metrics.jsonl, one line each; then the output PNG")
+    p.add_argument("runs", type=Path, nargs="+",
+                   help="run folder(s) with metrics.jsonl, one line each; then the output PNG")
     p.add_argument("--start", type=float, default=None, help="held-out PSNR at step 0 (the initial weights)")
     p.add_argument("--ref", action="append", default=[], help="LABEL=PSNR horizontal reference line (repeatable)")
     p.add_argument("--title", default="held-out PSNR during training")
