@@ -29,7 +29,6 @@ def test_official_configs_keep_the_official_shape():
 
 def test_light_decoder_shapes_and_keys():
     dec = Decoder(LIGHT_DECODER)
-    assert dec.scale == 4
     assert not any("attn" in k for k in dec.state_dict())
     out = dec(torch.randn(2, 16, 8, 8))
     assert out.shape == (2, 3, 32, 32)

@@ -231,11 +231,6 @@ class Decoder(nn.Module):
         self.out_shuffle = cfg.out_shuffle
         self.conv_out = nn.Conv2d(cfg.ch * cfg.ch_mult[0], cfg.out_ch * cfg.out_shuffle**2, 3, padding=1)
 
-    @property
-    def scale(self) -> int:
-        """Output pixels per input pixel (per side)."""
-        return 2 ** (len(self.up) - 1) * self.out_shuffle
-
     def forward(self, z: torch.Tensor, grid: Grid = (1, 1)) -> torch.Tensor:
         """z: float [B, z_channels, k*h0, m*w0] -> float [B, out_ch, k*h0*2^(L-1), m*w0*2^(L-1)]."""
         h = z.contiguous(memory_format=torch.channels_last)
