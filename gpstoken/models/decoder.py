@@ -193,7 +193,7 @@ class Upsample(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Feature map [B, z_channels, h, w] -> image [B, out_ch, h*2^(L-1), w*2^(L-1)].
+    """Feature map [B, z_channels, h, w] -> image [B, out_ch, h*s, w*s], s = 2^(L-1) * out_shuffle.
 
     ``grid=(k, m)`` tells the patch-aware norms and the mid attention how the map is split
     into 256-pixel patches (the input map is ``k*h0 x m*w0`` for per-patch size ``h0 x w0``).
@@ -232,7 +232,7 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(cfg.ch * cfg.ch_mult[0], cfg.out_ch * cfg.out_shuffle**2, 3, padding=1)
 
     def forward(self, z: torch.Tensor, grid: Grid = (1, 1)) -> torch.Tensor:
-        """z: float [B, z_channels, k*h0, m*w0] -> float [B, out_ch, k*h0*2^(L-1), m*w0*2^(L-1)]."""
+        """z: float [B, z_channels, k*h0, m*w0] -> float [B, out_ch, k*h0*s, m*w0*s], s = 2^(L-1) * out_shuffle."""
         h = z.contiguous(memory_format=torch.channels_last)
         for stage in self.stages():
             h = stage.run(h, grid)
