@@ -69,7 +69,10 @@ def decoder_stages(model: GPSTokenizer, feat: torch.Tensor) -> list[tuple[str, C
     stages.append(("decoder conv_in", fwd_bwd(dec.conv_in, feat)))
 
     def mid(x: torch.Tensor) -> torch.Tensor:
-        return dec.mid.block_2(dec.mid.attn_1(dec.mid.block_1(x, grid), grid), grid)
+        h = dec.mid.block_1(x, grid)
+        if hasattr(dec.mid, "attn_1"):  # absent in the light variant (mid_attn=False)
+            h = dec.mid.attn_1(h, grid)
+        return dec.mid.block_2(h, grid)
 
     stages.append((f"decoder mid ({h.shape[2]}px)", fwd_bwd(mid, h)))
     with torch.no_grad():
