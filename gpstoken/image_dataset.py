@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -105,12 +105,22 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def loader(dataset: PreparedImages, batches: list[list[int]], num_workers: Optional[int] = None) -> DataLoader:
-    """A DataLoader that yields :func:`collate` batches of the given index lists, in order.
-    num_workers: decoding + partition processes (default: up to 4, one per CPU core minus one)."""
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def loader(dataset: PreparedImages, batches: list[list[int]], num_workers: Optional[int] = None,
+           collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] = collate) -> DataLoader:
+    """A DataLoader that yields ``collate_fn`` batches (default :func:`collate`) of the given
+    index lists, in order; ``collate_fn`` runs in the workers, each with one torch thread.
+    num_workers: worker processes (default: up to 4, one per usable CPU core minus one)."""
     if num_workers is None:
-        num_workers = max(0, min(4, (os.cpu_count() or 1) - 1))
+        num_workers = max(0, min(4, usable_cores() - 1))
     kw: dict[str, Any] = {}
     if num_workers:
         kw = dict(worker_init_fn=_worker_init, prefetch_factor=4)
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate, **kw)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_fn, **kw)

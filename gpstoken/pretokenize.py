@@ -3,32 +3,44 @@
 Resumable: shards are written atomically and a rerun of the same command skips the shards
 that are finished (same model checkpoint, token count, size and images). Deterministic: a
 shard's images are batched the same way whatever the number of processes and wherever a
-run was interrupted, so the tensors are identical (given the same hardware and thread
-counts). Multi-process: under ``accelerate launch`` / ``torchrun`` process ``RANK`` of
-``WORLD_SIZE`` tokenizes shards ``RANK, RANK + WORLD_SIZE, ...`` on ``cuda:LOCAL_RANK``;
-whichever process finishes last writes the manifest. The encoder runs in bfloat16 autocast on
-CUDA and in float32 on the CPU unless ``dtype`` says otherwise (bfloat16 on a CPU with native
-bfloat16 about halves the encoder's time, at bfloat16 precision of the tokens).
+run was interrupted, so the tensors are identical (given the same hardware; on the CPU every
+batch is encoded with one torch thread, so also whatever ``--workers`` and the number of cores).
+Multi-process: under ``accelerate launch`` / ``torchrun`` process ``RANK`` of ``WORLD_SIZE``
+tokenizes shards ``RANK, RANK + WORLD_SIZE, ...`` on ``cuda:LOCAL_RANK``; whichever process
+finishes last writes the manifest. The encoder runs in bfloat16 autocast on CUDA and in float32
+on the CPU unless ``dtype`` says otherwise (bfloat16 on a CPU with native bfloat16 about halves
+the encoder's time, at bfloat16 precision of the tokens).
+
+Where the work runs: on CUDA, DataLoader workers decode, crop and partition, and the main
+process encodes on the GPU. On the CPU each worker runs the whole pipeline for its batches
+(decode, crop, partition, encode, one torch thread each) and the main process only writes
+shards: one single-threaded process per core keeps every core busy, while a main process
+encoding with several threads beside the workers would oversubscribe the cores.
 """
 from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
 from . import hub, shards
 from .geometry import GEOMETRY, PATCH, REGION, patch_grid
-from .image_dataset import PreparedImages, Processes, loader
+from .image_dataset import PreparedImages, Processes, collate, loader, usable_cores
 from .images import MIN_SIDE
 from .layout import Layout
 from .partition import max_cells
 from .pipeline import Tokenizer, load_tokenizer
 from .sources import open_source
+from .tokens import GPSTokens
 
 PREPROCESSING = "shorter side resized to {size} (bicubic, antialiased), centre {size}x{size} crop"
+#: default number of encoding worker processes of a CPU run: one per usable core, at most this
+#: many (each holds its own activations)
+MAX_CPU_WORKERS = 8
 
 
 def _check_int(value: Any, name: str, low: int) -> int:
@@ -51,6 +63,43 @@ def encode_batch(tok: Tokenizer, images: torch.Tensor, layout: tuple[torch.Tenso
     return tok.encode_tensor(images, Layout(layout[0], layout[1], size))
 
 
+def token_tensors(tokens: GPSTokens) -> dict[str, torch.Tensor]:
+    """The shard tensors of encoded tokens (float32 [B,N,5] / [B,N,C] / [B,N,5] / [B,N,4], on the CPU)."""
+    return {"geometry": tokens.geometry.cpu(), "features": tokens.features.cpu(),
+            "layout.geometry": tokens.layout.geometry.cpu(), "layout.regions": tokens.layout.regions.cpu()}
+
+
+class EncodingCollate:
+    """``collate_fn`` of a CPU run: :func:`gpstoken.image_dataset.collate` a batch, then encode it
+    where it was collated (a DataLoader worker), so each worker runs the whole pipeline. The
+    batch comes back with ``tokens`` (:func:`token_tensors`, None when every image was skipped)
+    in place of ``image`` and ``layouts``."""
+
+    def __init__(self, tok: Tokenizer, n_tokens: int) -> None:
+        self.tok = tok
+        self.n_tokens = n_tokens
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(items)
+        image, layouts = batch.pop("image"), batch.pop("layouts", None)
+        if image is None:
+            batch["tokens"] = None
+        else:
+            batch["tokens"] = token_tensors(encode_batch(self.tok, image, layouts[self.n_tokens]))
+        return batch
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch runs with one intra-op thread inside the block (the count is restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, model: str = "default",
              size: int = 256, batch_size: int = 32, shard_size: int = 1024, num_workers: Optional[int] = None,
              split: str = "train", image_column: Optional[str] = None, labeled: bool = False,
@@ -65,12 +114,16 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
     whole patches). shard_size: source images per shard. labeled: a folder with one sub-folder
     per class; each image's class index is stored (``label``), the names in the manifest.
     dtype: the encoder's autocast dtype, ``"float32"`` or ``"bfloat16"`` (None: bfloat16 on
-    CUDA, float32 on the CPU; the tokens are stored in float32 either way).
+    CUDA, float32 on the CPU; the tokens are stored in float32 either way). num_workers:
+    DataLoader worker processes (default: on CUDA up to 4, one per usable core minus one; on
+    the CPU one per usable core, at most :data:`MAX_CPU_WORKERS`; 0: everything in this process).
     """
     n_tokens = check_token_count(n_tokens)
     size = _check_int(size, "--size", MIN_SIDE)
     batch_size = _check_int(batch_size, "--batch-size", 1)
     shard_size = _check_int(shard_size, "--shard-size", 1)
+    if num_workers is not None:
+        num_workers = _check_int(num_workers, "--workers", 0)
     procs = Processes.from_env()
     source = open_source(src, split=split, image_column=image_column, labeled=labeled)
     dev = torch.device(device) if device is not None else procs.device()
@@ -112,26 +165,31 @@ def _run(tok: Tokenizer, source, n_tokens: int, size: int, batches: list[list[in
          out: Path, run: dict[str, Any], num_workers: Optional[int], progress: bool, desc: str) -> None:
     from tqdm.auto import tqdm
 
-    data = loader(PreparedImages(source, size, [n_tokens]), batches, num_workers)
+    cpu = tok.device.type == "cpu"
+    if cpu and num_workers is None:
+        num_workers = min(MAX_CPU_WORKERS, usable_cores())
+    data = loader(PreparedImages(source, size, [n_tokens]), batches, num_workers,
+                  EncodingCollate(tok, n_tokens) if cpu else collate)
     bar = tqdm(total=sum(map(len, batches)), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
     parts: dict[str, list] = {k: [] for k in shards.TENSORS}
     skipped: list[dict[str, Any]] = []
     try:
-        for b, batch in enumerate(data):
-            skipped += [{"index": i, "id": source.ids[i], "reason": r} for i, r in batch["skipped"]]
-            if batch["image"] is not None:
-                tokens = encode_batch(tok, batch["image"], batch["layouts"][n_tokens])
-                for k, v in (("geometry", tokens.geometry), ("features", tokens.features),
-                             ("layout.geometry", tokens.layout.geometry), ("layout.regions", tokens.layout.regions),
-                             ("source_size", batch["source_size"]), ("index", batch["index"]),
-                             ("label", batch["label"])):
-                    parts[k].append(v.cpu())
-            bar.update(len(batches[b]))
-            if b + 1 == len(batches) or owner[b + 1] != owner[b]:
-                _write(out, owner[b], parts, skipped, source, run, n_tokens * math.prod(patch_grid(size, size)),
-                       tok.config.gps_c)
-                parts = {k: [] for k in shards.TENSORS}
-                skipped = []
+        with one_thread() if cpu else nullcontext():  # with 0 workers the batches are encoded here
+            for b, batch in enumerate(data):
+                skipped += [{"index": i, "id": source.ids[i], "reason": r} for i, r in batch["skipped"]]
+                tokens = batch["tokens"] if cpu else (
+                    None if batch["image"] is None
+                    else token_tensors(encode_batch(tok, batch["image"], batch["layouts"][n_tokens])))
+                if tokens is not None:
+                    for k, v in (*tokens.items(), ("source_size", batch["source_size"]), ("index", batch["index"]),
+                                 ("label", batch["label"])):
+                        parts[k].append(v)
+                bar.update(len(batches[b]))
+                if b + 1 == len(batches) or owner[b + 1] != owner[b]:
+                    _write(out, owner[b], parts, skipped, source, run, n_tokens * math.prod(patch_grid(size, size)),
+                           tok.config.gps_c)
+                    parts = {k: [] for k in shards.TENSORS}
+                    skipped = []
     finally:
         bar.close()
 
