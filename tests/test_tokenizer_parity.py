@@ -56,16 +56,21 @@ def b256(small):
     regions = c["b256/regions"].clone()
     with torch.inference_mode():
         pooled = model.roi_features(c["b256/images"], regions)
-        cond = model.roi_conditions(pooled)
-        emb = model.embed(c["b256/init_gpscodes"], cond)
+        terms = model.roi_terms(pooled)
+        emb = model.embed(c["b256/init_gpscodes"], terms)
         tokens = model.encode(c["b256/images"], c["b256/init_gpscodes"], regions)
-    return dict(pooled=pooled, cond=cond, emb=emb, tokens=tokens, regions=regions)
+    return dict(pooled=pooled, terms=terms, emb=emb, tokens=tokens, regions=regions)
 
 
 def test_b256_encoder(small, b256):
     model, c = small
     close(b256["pooled"][0], c["b256/roialign_out_image0"], 1e-5)
-    close(b256["cond"][0], c["b256/roi_conds_image0"], 1e-5)
+    # each block's RoI term from the official roi_conds [N, C, r*r], in the official order
+    # (roimlp over the bins of the conv outputs), in float64
+    conds = c["b256/roi_conds_image0"].double()
+    official = torch.stack([torch.nn.functional.linear(conds, blk.roimlp.weight.double(), blk.roimlp.bias.double())
+                            for blk in model.attnblocks])[..., 0]
+    close(b256["terms"][:, 0].double(), official, 1e-5)
     close(b256["emb"], c["b256/gpsembed"], 1e-5)
     with torch.inference_mode():
         close(model.to_gps[0](b256["emb"]), c["b256/gps_delta"], 1e-5)

@@ -154,28 +154,32 @@ class GPSTokenizer(nn.Module):
         r = self.config.rois
         return roi_align(feat, boxes, r).view(p, n, self.config.stem_channels, r, r)
 
-    def roi_conditions(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``roialign_layer`` (1x1 conv) on pooled features.
+    def roi_terms(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Every refinement block's RoI term: ``roimlp`` of block l over the r*r bins of
+        ``roialign_layer`` (1x1 conv) of the pooled features.
 
-        pooled: float [P,N,stem_channels,r,r] -> float [P,N,gpsenc_c,r*r] (official ``roi_conds`` layout).
+        pooled: float [P,N,stem_channels,r,r] -> float [L,P,N,gpsenc_c] (L = gpsenc_n).
+        Both maps are linear, so each block's bin weights are applied to the pooled features
+        first and the 1x1 conv runs on L vectors per token instead of r*r: the official order
+        (conv of every bin, ``roi_conds`` [P,N,gpsenc_c,r*r], then each ``roimlp``) up to float
+        rounding, at a fraction of the multiply-adds and memory.
         """
-        p, n = pooled.shape[:2]
-        w = self.roialign_layer.weight.view(self.config.gpsenc_c, self.config.stem_channels)
-        cond = F.linear(pooled.flatten(3).transpose(2, 3), w, self.roialign_layer.bias)  # [P,N,r*r,C]
-        return cond.transpose(2, 3)
+        if not self.attnblocks:
+            return pooled.new_zeros(0, *pooled.shape[:2], self.config.gpsenc_c)
+        w = torch.stack([blk.roimlp.weight[0] for blk in self.attnblocks])  # [L, r*r]
+        b = torch.cat([blk.roimlp.bias for blk in self.attnblocks])  # [L]
+        weighted = torch.einsum("pnks,ls->lpnk", pooled.flatten(3), w)  # [L,P,N,stem_channels]
+        conv = self.roialign_layer.weight.view(self.config.gpsenc_c, self.config.stem_channels)
+        bias = w.sum(1)[:, None] * self.roialign_layer.bias + b[:, None]  # [L, gpsenc_c]
+        return F.linear(weighted, conv) + bias[:, None, None, :]
 
-    def embed(self, g_init: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+    def embed(self, g_init: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
         """Run the refinement transformer.
 
-        g_init: float [P,N,5]; conditions: float [P,N,C,r*r] from :meth:`roi_conditions`.
+        g_init: float [P,N,5]; terms: float [L,P,N,C] from :meth:`roi_terms`.
         Returns the token embeddings after the last block, float [P,N,C].
         """
         x = self.gps_embed.weight[0] + self.gps_embed_layer(g_init)
-        if len(self.attnblocks) == 0:
-            return x
-        w = torch.stack([blk.roimlp.weight[0] for blk in self.attnblocks])  # [L, r*r]
-        b = torch.cat([blk.roimlp.bias for blk in self.attnblocks])  # [L]
-        terms = torch.einsum("pncs,ls->lpnc", conditions, w) + b[:, None, None, None]
         for blk, term in zip(self.attnblocks, terms):
             x = blk(x, term)
         return x
@@ -196,8 +200,8 @@ class GPSTokenizer(nn.Module):
         (not modified). Returns tokens float [P,N,5+gps_c], each patch in its own frame.
         """
         self._check_encode_inputs(images, g_init, regions)
-        cond = self.roi_conditions(self.roi_features(images, regions))
-        return self.refine(g_init, self.embed(g_init, cond))
+        terms = self.roi_terms(self.roi_features(images, regions))
+        return self.refine(g_init, self.embed(g_init, terms))
 
     # ------------------------------------------------------------------ decoder
     def _check_tokens(self, tokens: torch.Tensor, grid: Grid) -> tuple[int, int]:
