@@ -8,8 +8,8 @@ Stages, on 256x256 centre crops of the example photos (cycled):
 * ``partition``: entropy partition of a batch (``gpstoken.partition``);
 * ``encode`` / ``decode``: ``Tokenizer.encode_tensor`` / ``decode_tensor`` of a batch;
 * ``reconstruct``: partition + encode + decode of a batch;
-* ``tokenize``: ``gpstoken tokenize`` end to end (files -> shards: decoding and the partition
-  in DataLoader workers, batched encode, shard writes), ``--batch-size`` = the batch.
+* ``tokenize``: ``gpstoken tokenize`` end to end (files -> shards: DataLoader workers decode,
+  partition and, on the CPU, encode; shard writes), ``--batch-size`` = the batch.
 
 Each batched row is shown beside the naive loop that does the same job one image at a time
 through the public API (``gpstoken.partition`` / ``encode`` / ``decode`` / ``reconstruct`` per
@@ -17,11 +17,15 @@ image; for ``tokenize``: open, crop, ``gpstoken.encode`` and ``GPSTokens.save`` 
 Models (``--models``): any registry name, Hub id or checkpoint file (default: ``default``, the
 embedded tokenizer), and ``s64`` / ``m128`` / ``l256``: that official architecture with random
 weights, built from the registry config (speed and memory only). Peak memory:
-``torch.cuda.max_memory_allocated`` on CUDA, else the process's peak RSS during the stage
-(sampled every 2 ms). dtype float16 only on CUDA, bfloat16 on CUDA and on CPUs with native
-bfloat16 (AVX512-BF16, AMX). Each batched row and its naive loop run in the same dtype and take
-turns (batched, naive, batched, ...), so a shared machine's changing load hits both alike
-(``--naive-dtype float32``: the naive loop in float32 whatever the row's dtype).
+``torch.cuda.max_memory_allocated`` on CUDA, else the peak summed RSS of the process and its
+DataLoader workers during the stage (sampled every 2 ms; pages shared with the parent count
+once per process, so an upper bound). CPU ms/img: CPU time of the process and its workers per
+image, which a shared machine's load changes far less than the wall time. dtype float16 only
+on CUDA, bfloat16 on CUDA and on CPUs with native bfloat16 (AVX512-BF16, AMX). Each batched row
+and its naive loop run in the same dtype and take turns (batched, naive, batched, ...), so a
+changing load hits both alike (``--naive-dtype float32``: the naive loop in float32 whatever the
+row's dtype; ``--naive-threads 1``: the naive loop with one torch thread, to separate what the
+batched pipeline gains from its threading from what it gains from batching and overlap).
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 import gpstoken  # noqa: E402
 from gpstoken import hub  # noqa: E402
+from gpstoken.image_dataset import usable_cores  # noqa: E402
 from gpstoken.images import center_crop, to_tensor  # noqa: E402
 from gpstoken.models.configs import TOKENIZER_ARCHS  # noqa: E402
 from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
@@ -50,11 +55,25 @@ from gpstoken.runtime import native_cpu_bfloat16  # noqa: E402
 
 
 class Peak:
-    """Peak memory (MiB) while the block runs: CUDA allocator peak, or sampled process RSS."""
+    """Peak memory (MiB) while the block runs: the CUDA allocator peak, or the sampled RSS of
+    this process plus its children (DataLoader workers; the list is refreshed every 50 ms).
+    Summed RSS counts pages a worker shares with its parent (libraries, the forked model) once
+    per process, so on the CPU it is an upper bound when workers run. ``sampler_cpu``: CPU
+    seconds the sampling thread used (subtracted from the measured CPU time)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.mib = 0.0
+        self.sampler_cpu = 0.0
+
+    def _rss(self) -> int:
+        total = 0
+        for proc in [self._proc, *self._children]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:  # a worker that exited meanwhile
+                pass
+        return total
 
     def __enter__(self) -> "Peak":
         if self.device.type == "cuda":
@@ -62,12 +81,17 @@ class Peak:
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             self._proc = psutil.Process()
+            self._children: list[psutil.Process] = []
             self._stop = threading.Event()
-            self._max = self._proc.memory_info().rss
+            self._max = self._rss()
 
             def sample() -> None:
+                last = 0.0
                 while not self._stop.wait(0.002):
-                    self._max = max(self._max, self._proc.memory_info().rss)
+                    if time.perf_counter() - last > 0.05:
+                        self._children, last = self._proc.children(recursive=True), time.perf_counter()
+                    self._max = max(self._max, self._rss())
+                self.sampler_cpu = time.thread_time()
 
             self._thread = threading.Thread(target=sample, daemon=True)
             self._thread.start()
@@ -80,35 +104,42 @@ class Peak:
         else:
             self._stop.set()
             self._thread.join()
-            self.mib = max(self._max, self._proc.memory_info().rss) / 2**20
+            self.mib = max(self._max, self._rss()) / 2**20
 
 
-def _timed(fn, device: torch.device) -> tuple[float, float]:
-    """(seconds, peak MiB) of one call of ``fn``."""
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its finished children (workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _timed(fn, device: torch.device) -> tuple[float, float, float]:
+    """(seconds, peak MiB, CPU seconds) of one call of ``fn``."""
     with Peak(device) as peak:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        cpu, t0 = _cpu_seconds(), time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-    return seconds, peak.mib
+        seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu
+    return seconds, peak.mib, cpu - peak.sampler_cpu
 
 
-def measure(fns: list, n_images: int, device: torch.device, reps: int) -> list[tuple[float, float]]:
-    """(images/s of the best of ``reps`` timed runs, peak MiB of those runs) of each function,
-    after one warm-up each. The functions take turns (a, b, a, b, ...), so on a shared machine
-    a change of load hits them alike and their ratio stays fair."""
+def measure(fns: list, n_images: int, device: torch.device, reps: int) -> list[tuple[float, float, float]]:
+    """(images/s of the best of ``reps`` timed runs, peak MiB of those runs, CPU ms per image
+    of the fastest run) of each function, after one warm-up each. The functions take turns
+    (a, b, a, b, ...), so on a shared machine a change of load hits them alike and their ratio
+    stays fair. The CPU time leaves out the memory sampler's thread."""
     for fn in fns:
         fn()
-    best = [float("inf")] * len(fns)
+    best = [(float("inf"), 0.0)] * len(fns)
     peak = [0.0] * len(fns)
     for _ in range(reps):
         for i, fn in enumerate(fns):
-            seconds, mib = _timed(fn, device)
-            best[i], peak[i] = min(best[i], seconds), max(peak[i], mib)
-    return [(n_images / b, m) for b, m in zip(best, peak)]
+            seconds, mib, cpu = _timed(fn, device)
+            best[i], peak[i] = min(best[i], (seconds, cpu)), max(peak[i], mib)
+    return [(n_images / b, m, 1000 * c / n_images) for (b, c), m in zip(best, peak)]
 
 
 #: --models names that stand for an official architecture with random weights (speed and memory only)
@@ -146,6 +177,10 @@ def main() -> None:
     ap.add_argument("--naive-dtype", default=None,
                     help="dtype of the naive loop's model (default: the row's dtype), e.g. float32 to compare "
                          "tokenize --dtype bfloat16 with the plain per-image loop")
+    ap.add_argument("--naive-threads", type=int, default=None,
+                    help="torch threads of the naive loop (default: torch's default, what a user's loop gets)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="tokenize: DataLoader workers (default: gpstoken tokenize's default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     device = torch.device(a.device)
@@ -156,13 +191,16 @@ def main() -> None:
     photos = [center_crop(Image.open(p), 256) for p in sorted((REPO / "examples" / "data").glob("*.png"))]
     pil = [photos[i % len(photos)] for i in range(n_img)]
     x_all = torch.cat([to_tensor(im)[0] for im in pil])
-    what = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {what}; torch {torch.__version__}; {n_img} images of 256x256 per run, {a.tokens} tokens; "
-          f"best of {a.reps}, batched and naive runs taking turns; naive loop in "
-          f"{a.naive_dtype or 'the row dtype'}; load average at the start "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
-    print("| model | dtype | stage | batch | img/s | peak MiB | naive loop img/s | naive peak MiB | speed-up |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    what = torch.cuda.get_device_name(device) if cuda else f"CPU, {usable_cores()} cores"
+    print(f"device: {what}; torch {torch.__version__}, {torch.get_num_threads()} threads; {n_img} images of 256x256 "
+          f"per run, {a.tokens} tokens; best of {a.reps}, batched and naive runs taking turns; naive loop in "
+          f"{a.naive_dtype or 'the row dtype'} with {a.naive_threads or torch.get_num_threads()} threads; "
+          f"load average at the start {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
+    print("CPU ms/img: CPU time (user + system) of the process and its DataLoader workers per image; "
+          "load: the 1-minute load average after the row\n")
+    print("| model | dtype | stage | batch | img/s | peak MiB | CPU ms/img | naive loop img/s | naive peak MiB | "
+          "naive CPU ms/img | speed-up | load |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         src = tmp / "images"
@@ -179,15 +217,32 @@ def main() -> None:
                         continue  # gpstoken tokenize --dtype: float32 or bfloat16
                     for b in batches:
                         fn, naive = _stage(stage, tok, naive_tok, ref, x_all, pil, src, tmp, b, a.tokens, device,
-                                           dtype)
-                        rows = measure([fn, naive] if a.naive else [fn], n_img, device, a.reps)
-                        (ips, mib), (nips, nmib) = rows[0], rows[1] if a.naive else (float("nan"), float("nan"))
-                        print(f"| {name} | {dtype} | {stage} | {b} | {ips:.3g} | {mib:.0f} | {nips:.3g} | {nmib:.0f} | "
-                              f"{ips / nips:.2f}x |", flush=True)
+                                           dtype, a.workers)
+                        rows = measure([fn, _with_threads(naive, a.naive_threads)] if a.naive else [fn], n_img,
+                                       device, a.reps)
+                        (ips, mib, cpu), (nips, nmib, ncpu) = rows[0], rows[1] if a.naive else (float("nan"),) * 3
+                        print(f"| {name} | {dtype} | {stage} | {b} | {ips:.3g} | {mib:.0f} | {cpu:.0f} | {nips:.3g} | "
+                              f"{nmib:.0f} | {ncpu:.0f} | {ips / nips:.2f}x | {os.getloadavg()[0]:.1f} |", flush=True)
         print(f"\nload average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
-def _stage(stage, tok, naive_tok, ref, x_all, pil, src, tmp, b, n, device, dtype):
+def _with_threads(fn, threads):
+    """``fn`` run with ``threads`` torch threads (restored after); ``fn`` itself when None."""
+    if threads is None:
+        return fn
+
+    def run() -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def _stage(stage, tok, naive_tok, ref, x_all, pil, src, tmp, b, n, device, dtype, workers):
     """(batched function with ``tok``, naive per-image function with ``naive_tok``) for one stage."""
     chunks = list(x_all.split(b))
     layouts = [gpstoken.partition(c, n) for c in chunks]
@@ -212,7 +267,7 @@ def _stage(stage, tok, naive_tok, ref, x_all, pil, src, tmp, b, n, device, dtype
 
         def batched() -> None:
             tokenize(src, tmp / f"tok-{dtype}-{b}-{next(run)}", n, model=ref, batch_size=b, shard_size=max(64, b),
-                     device=str(device), dtype=dtype, progress=False)
+                     num_workers=workers, device=str(device), dtype=dtype, progress=False)
 
         def naive() -> None:
             out = tmp / f"naive-{dtype}-{b}-{next(run)}"

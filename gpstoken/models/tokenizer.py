@@ -12,7 +12,8 @@ Differences from the official code, all output-preserving:
   offsets for batches of 2 or more images (image 0 gets patches (0,0), (0,0), (0,1), (0,1)
   for a 2x2 grid); for batch 1, the only case the official scripts run, both agree.
 * Everything is batched: one stem pass for all patches, one vectorised RoIAlign for all
-  boxes, one einsum for the RoI terms of all transformer blocks, fused attention; the
+  boxes, the RoI terms of all transformer blocks in one pass (each block's bin weights
+  applied before the 1x1 conv, equal up to float rounding), fused attention; the
   decoder runs channels-last (see :mod:`.decoder`).
 
 The RoIAlign box convention of the official code is kept: a region's pixel box is
