@@ -50,7 +50,7 @@ from gpstoken.image_dataset import usable_cores  # noqa: E402
 from gpstoken.images import center_crop, to_tensor  # noqa: E402
 from gpstoken.models.configs import TOKENIZER_ARCHS  # noqa: E402
 from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
-from gpstoken.pretokenize import tokenize  # noqa: E402
+from gpstoken.pretokenize import tokenize, torch_threads  # noqa: E402
 from gpstoken.runtime import native_cpu_bfloat16  # noqa: E402
 
 
@@ -232,12 +232,8 @@ def _with_threads(fn, threads):
         return fn
 
     def run() -> None:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             fn()
-        finally:
-            torch.set_num_threads(before)
 
     return run
 

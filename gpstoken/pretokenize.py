@@ -90,10 +90,10 @@ class EncodingCollate:
 
 
 @contextmanager
-def one_thread() -> Iterator[None]:
-    """torch runs with one intra-op thread inside the block (the count is restored after)."""
+def torch_threads(n: int) -> Iterator[None]:
+    """torch runs with ``n`` intra-op threads inside the block (the count is restored after)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
@@ -174,7 +174,7 @@ def _run(tok: Tokenizer, source, n_tokens: int, size: int, batches: list[list[in
     parts: dict[str, list] = {k: [] for k in shards.TENSORS}
     skipped: list[dict[str, Any]] = []
     try:
-        with one_thread() if cpu else nullcontext():  # with 0 workers the batches are encoded here
+        with torch_threads(1) if cpu else nullcontext():  # with 0 workers the batches are encoded here
             for b, batch in enumerate(data):
                 skipped += [{"index": i, "id": source.ids[i], "reason": r} for i, r in batch["skipped"]]
                 tokens = batch["tokens"] if cpu else (
