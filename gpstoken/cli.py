@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--shard-size", type=int, default=1024, help="source images per shard")
     k.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers: decode + partition, on the CPU also encode with one thread each "
-                        "(default: CPU one per core, at most 8; CUDA up to 4)")
+                        "(default: CPU one per core, shared among this machine's processes, at most 8; CUDA up to 4)")
     k.add_argument("--split", default="train", help="dataset split (datasets sources)")
     k.add_argument("--image-column", default=None, help="image column (datasets sources; default: the first Image)")
     k.add_argument("--labeled", action="store_true", help="SRC's sub-folders are classes: store each image's class")

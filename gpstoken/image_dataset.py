@@ -24,11 +24,13 @@ from .sources import ImageSource, UnreadableImage
 @dataclass(frozen=True)
 class Processes:
     """This process's place in a run started by ``accelerate launch`` / ``torchrun`` (env
-    ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; one process when unset)."""
+    ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``; one process when unset;
+    without ``LOCAL_WORLD_SIZE`` all ``WORLD_SIZE`` processes are taken to share this machine)."""
 
     rank: int
     world: int
     local_rank: int
+    local_world: int
 
     @classmethod
     def from_env(cls) -> "Processes":
@@ -43,7 +45,14 @@ class Processes:
         rank = get("RANK", 0)
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"environment: RANK={rank} must lie in [0, WORLD_SIZE={world})")
-        return cls(rank, world, get("LOCAL_RANK", rank))
+        local_world = get("LOCAL_WORLD_SIZE", world)
+        if local_world < 1:
+            raise ValueError(f"environment: LOCAL_WORLD_SIZE={local_world} must be >= 1")
+        return cls(rank, world, get("LOCAL_RANK", rank), local_world)
+
+    def cores(self) -> int:
+        """This process's share of the machine's usable CPU cores (at least 1)."""
+        return max(1, usable_cores() // self.local_world)
 
     def device(self) -> torch.device:
         """``cuda:LOCAL_RANK`` when CUDA is present (one GPU per process), else the CPU."""

@@ -29,7 +29,7 @@ import torch
 
 from . import hub, shards
 from .geometry import GEOMETRY, PATCH, REGION, patch_grid
-from .image_dataset import PreparedImages, Processes, collate, loader, usable_cores
+from .image_dataset import PreparedImages, Processes, collate, loader
 from .images import MIN_SIDE
 from .layout import Layout
 from .partition import max_cells
@@ -116,7 +116,8 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
     dtype: the encoder's autocast dtype, ``"float32"`` or ``"bfloat16"`` (None: bfloat16 on
     CUDA, float32 on the CPU; the tokens are stored in float32 either way). num_workers:
     DataLoader worker processes (default: on CUDA up to 4, one per usable core minus one; on
-    the CPU one per usable core, at most :data:`MAX_CPU_WORKERS`; 0: everything in this process).
+    the CPU one per usable core, shared among the processes of this machine, at most
+    :data:`MAX_CPU_WORKERS`; 0: everything in this process).
     """
     n_tokens = check_token_count(n_tokens)
     size = _check_int(size, "--size", MIN_SIDE)
@@ -155,6 +156,8 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
         for b in range(lo, hi, batch_size):
             batches.append(list(range(b, min(hi, b + batch_size))))
             owner.append(s)
+    if num_workers is None and tok.device.type == "cpu":
+        num_workers = min(MAX_CPU_WORKERS, procs.cores())
     if pending:
         _run(tok, source, n_tokens, size, batches, owner, out, run, num_workers,
              progress and procs.rank == 0, f"tokenize [{procs.rank}/{procs.world}]" if procs.world > 1 else "tokenize")
@@ -166,8 +169,6 @@ def _run(tok: Tokenizer, source, n_tokens: int, size: int, batches: list[list[in
     from tqdm.auto import tqdm
 
     cpu = tok.device.type == "cpu"
-    if cpu and num_workers is None:
-        num_workers = min(MAX_CPU_WORKERS, usable_cores())
     data = loader(PreparedImages(source, size, [n_tokens]), batches, num_workers,
                   EncodingCollate(tok, n_tokens) if cpu else collate)
     bar = tqdm(total=sum(map(len, batches)), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)

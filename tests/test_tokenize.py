@@ -225,3 +225,21 @@ def test_bfloat16_encoder_on_cpu(photos, reference, tmp_path):
         assert 0 < err < tol, (key, err)  # bfloat16 rounding: not equal, but close
     with pytest.raises(ValueError, match="different run"):
         tokenize(lst, tmp_path / "bf", N, dtype="float32", num_workers=0, device="cpu", progress=False)
+
+
+def test_process_layout_shares_the_cores(monkeypatch):
+    """CPU runs split the usable cores among the processes of a machine (encoding workers)."""
+    from gpstoken.image_dataset import Processes, usable_cores
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert Processes.from_env() == Processes(0, 1, 0, 1) and Processes.from_env().cores() == usable_cores()
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert Processes.from_env().local_world == 4  # no LOCAL_WORLD_SIZE: all on this machine
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    procs = Processes.from_env()
+    assert procs.local_world == 2 and procs.cores() == max(1, usable_cores() // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")
+    with pytest.raises(ValueError, match="LOCAL_WORLD_SIZE=0 must be >= 1"):
+        Processes.from_env()
