@@ -70,7 +70,7 @@ def decoder_stages(model: GPSTokenizer, feat: torch.Tensor) -> list[tuple[str, C
 
     def mid(x: torch.Tensor) -> torch.Tensor:
         h = dec.mid.block_1(x, grid)
-        if hasattr(dec.mid, "attn_1"):  # absent in the light variant (mid_attn=False)
+        if dec.mid.attn_1 is not None:  # absent in the light variant (mid_attn=False)
             h = dec.mid.attn_1(h, grid)
         return dec.mid.block_2(h, grid)
 
@@ -88,7 +88,7 @@ def decoder_stages(model: GPSTokenizer, feat: torch.Tensor) -> list[tuple[str, C
         stages.append((f"decoder level {i} blocks ({h.shape[2]}px, {len(level.block)} blocks)", fwd_bwd(blocks, h)))
         with torch.no_grad():
             h = blocks(h)
-        if hasattr(level, "upsample"):
+        if level.upsample is not None:
             stages.append((f"decoder level {i} upsample (to {2 * h.shape[2]}px)", fwd_bwd(level.upsample, h)))
             with torch.no_grad():
                 h = level.upsample(h)

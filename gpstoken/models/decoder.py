@@ -15,7 +15,7 @@ on CPU at inference (:mod:`gpstoken.models.winograd`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import torch
 import torch.nn as nn
@@ -150,7 +150,7 @@ class AttnBlock(nn.Module):
         n, c, h, w = patches.shape
         tokens = self.norm(patches).permute(0, 2, 3, 1).reshape(n, h * w, c)
         weight = torch.cat([self.q.weight, self.k.weight, self.v.weight]).view(3 * c, c)
-        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        bias = torch.cat([cast(torch.Tensor, conv.bias) for conv in (self.q, self.k, self.v)])  # built with bias
         q, k, v = F.linear(tokens, weight, bias).chunk(3, dim=-1)
         att = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
         out = F.linear(att, self.proj_out.weight.view(c, c), self.proj_out.bias)
@@ -192,6 +192,27 @@ class Upsample(nn.Module):
         return y.view(b, 2 * h, 2 * w, -1).permute(0, 3, 1, 2)  # channels-last [B,C,2h,2w]
 
 
+class _Mid(nn.Module):
+    """The middle of the decoder (official keys ``mid.block_1``, ``mid.attn_1``, ``mid.block_2``):
+    two residual blocks with the patch attention between them (absent with ``mid_attn=False``)."""
+
+    def __init__(self, channels: int, dropout: float, attn: bool):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, dropout)
+        self.attn_1 = AttnBlock(channels) if attn else None
+        self.block_2 = ResnetBlock(channels, channels, dropout)
+
+
+class _Level(nn.Module):
+    """One up level (official keys ``up.i.block.j``, ``up.i.upsample``): residual blocks, then
+    a x2 upsample except at level 0."""
+
+    def __init__(self, c_in: int, c_out: int, blocks: int, dropout: float, upsample: bool):
+        super().__init__()
+        self.block = nn.ModuleList(ResnetBlock(c_in if i == 0 else c_out, c_out, dropout) for i in range(blocks))
+        self.upsample = Upsample(c_out) if upsample else None
+
+
 class Decoder(nn.Module):
     """Feature map [B, z_channels, h, w] -> image [B, out_ch, h*s, w*s], s = 2^(L-1) * out_shuffle.
 
@@ -209,23 +230,12 @@ class Decoder(nn.Module):
             )
         block_in = cfg.ch * cfg.ch_mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, cfg.dropout)
-        if cfg.mid_attn:
-            self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, cfg.dropout)
+        self.mid = _Mid(block_in, cfg.dropout, cfg.mid_attn)
         levels = []
         for i_level in range(len(cfg.ch_mult)):
-            level = nn.Module()
-            block_out = cfg.ch * cfg.ch_mult[i_level]
             c_in = cfg.ch * cfg.ch_mult[i_level + 1] if i_level + 1 < len(cfg.ch_mult) else block_in
-            level.block = nn.ModuleList(
-                ResnetBlock(c_in if i == 0 else block_out, block_out, cfg.dropout)
-                for i in range(cfg.num_res_blocks + 1)
-            )
-            if i_level != 0:
-                level.upsample = Upsample(block_out)
-            levels.append(level)
+            levels.append(_Level(c_in, cfg.ch * cfg.ch_mult[i_level], cfg.num_res_blocks + 1, cfg.dropout,
+                                 upsample=i_level != 0))
         self.up = nn.ModuleList(levels)
         self.norm_out = PatchGroupNorm(cfg.ch * cfg.ch_mult[0])
         self.out_shuffle = cfg.out_shuffle
@@ -243,15 +253,14 @@ class Decoder(nn.Module):
         :mod:`gpstoken.models.tiled`, runs them one at a time over all tiles): ``conv_in``, the
         mid blocks and the patch attention, every up block and upsample, then ``norm_out`` +
         ``conv_out``."""
-        out = [_stage(self.conv_in, lambda x, grid: self.conv_in(x)), _stage(self.mid.block_1)]
-        if hasattr(self.mid, "attn_1"):  # absent in the light variant (mid_attn=False)
+        out = [_stage(self.conv_in, _ignore_grid(self.conv_in)), _stage(self.mid.block_1)]
+        if self.mid.attn_1 is not None:  # absent in the light variant (mid_attn=False)
             out.append(Stage(self.mid.attn_1, reach=0, patch_local=True))
         out.append(_stage(self.mid.block_2))
-        for i_level in reversed(range(len(self.up))):
-            level = self.up[i_level]
+        for level in reversed([cast(_Level, level) for level in self.up]):
             out += [_stage(block) for block in level.block]
-            if i_level != 0:
-                out.append(_stage(level.upsample, lambda x, grid, up=level.upsample: up(x), scale=2))
+            if level.upsample is not None:
+                out.append(_stage(level.upsample, _ignore_grid(level.upsample), scale=2))
         out.append(Stage(self._out, reach=_reach(self.conv_out), scale=self.out_shuffle, norms=1))
         return out
 
@@ -266,6 +275,11 @@ def _stage(module: nn.Module, run: Optional[Callable[[torch.Tensor, Any], torch.
     """A stage running ``module`` (called as ``module(x, grid)`` unless ``run`` is given)."""
     return Stage(run or module, reach=_reach(module), scale=scale,
                  norms=sum(isinstance(m, PatchGroupNorm) for m in module.modules()))
+
+
+def _ignore_grid(module: nn.Module) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """``module(x)`` as a stage's ``run(x, grid)`` (a layer that needs no patch grid)."""
+    return lambda x, grid: module(x)
 
 
 def _reach(module: nn.Module) -> int:

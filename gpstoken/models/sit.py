@@ -14,6 +14,7 @@ adaLN_modulation}``, ``final_layer``); official checkpoints store them under ``e
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,7 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         """``t [B]`` -> ``[B, D]``."""
         emb = timestep_embedding(t, self.frequency_embedding_size)
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+        return self.mlp(emb.to(cast(nn.Linear, self.mlp[0]).weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
@@ -233,14 +234,13 @@ class SiT(nn.Module):
         nn.init.zeros_(self.pos_embed)
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.zeros_(cast(Tensor, self.x_embedder.proj.bias))  # the conv is built with a bias
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+        for i in (0, 2):
+            nn.init.normal_(cast(nn.Linear, self.t_embedder.mlp[i]).weight, std=0.02)
+        modulated = [cast(SiTBlock, block).adaLN_modulation for block in self.blocks]
+        zeroed = [cast(nn.Linear, seq[-1]) for seq in (*modulated, self.final_layer.adaLN_modulation)]
+        for lin in (*zeroed, self.final_layer.linear):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 

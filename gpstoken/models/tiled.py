@@ -180,7 +180,8 @@ class _Store:
     @classmethod
     def of(cls, tensor: torch.Tensor, patch: tuple[int, int]) -> "_Store":
         """Read-only store over an existing map (not counted against the cache)."""
-        return cls(tuple(tensor.shape), patch, tensor.dtype, tensor.device, False, tensor)
+        b, c, hh, ww = tensor.shape
+        return cls((b, c, hh, ww), patch, tensor.dtype, tensor.device, False, tensor)
 
     def _blocks(self, rect: Rect) -> tuple[range, range]:
         (ph, pw), (y0, y1, x0, x1) = self.patch, rect

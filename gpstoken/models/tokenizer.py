@@ -23,7 +23,7 @@ checkpoints were trained with it.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn as nn
@@ -119,9 +119,10 @@ class GPSTokenizer(nn.Module):
         self.gps_embed = nn.Embedding(1, c)
         self.attnblocks = nn.ModuleList(_RefineBlock(c, config.rois) for _ in range(config.gpsenc_n))
         self.gps_embed_layer = nn.Sequential(nn.Linear(GEOMETRY, c), nn.GELU(), nn.Linear(c, c))
-        self.to_gps = nn.ModuleList([nn.Linear(c, GEOMETRY), nn.Linear(c, config.gps_c)])
-        nn.init.zeros_(self.to_gps[0].weight)
-        nn.init.zeros_(self.to_gps[0].bias)
+        geometry_head = nn.Linear(c, GEOMETRY)
+        nn.init.zeros_(geometry_head.weight)
+        nn.init.zeros_(geometry_head.bias)
+        self.to_gps = nn.ModuleList([geometry_head, nn.Linear(c, config.gps_c)])
 
     # ------------------------------------------------------------------ encoder
     def _check_encode_inputs(self, images: torch.Tensor, g_init: torch.Tensor, regions: torch.Tensor) -> None:
@@ -167,8 +168,9 @@ class GPSTokenizer(nn.Module):
         """
         if not self.attnblocks:
             return pooled.new_zeros(0, *pooled.shape[:2], self.config.gpsenc_c)
-        w = torch.stack([blk.roimlp.weight[0] for blk in self.attnblocks])  # [L, r*r]
-        b = torch.cat([blk.roimlp.bias for blk in self.attnblocks])  # [L]
+        blocks = [cast(_RefineBlock, blk) for blk in self.attnblocks]
+        w = torch.stack([blk.roimlp.weight[0] for blk in blocks])  # [L, r*r]
+        b = torch.cat([blk.roimlp.bias for blk in blocks])  # [L]
         weighted = torch.einsum("pnks,ls->lpnk", pooled.flatten(3), w)  # [L,P,N,stem_channels]
         conv = self.roialign_layer.weight.view(self.config.gpsenc_c, self.config.stem_channels)
         bias = w.sum(1)[:, None] * self.roialign_layer.bias + b[:, None]  # [L, gpsenc_c]
