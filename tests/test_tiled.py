@@ -47,7 +47,7 @@ def test_stages_count_the_convolutions_and_norms():
     assert [st.reach for st in stages] == [1, 2, 0, 2, 2, 2, 1, 2, 2, 1]
     assert [st.norms for st in stages] == [0, 2, 0, 2, 2, 2, 0, 2, 2, 1]
     assert [st.scale for st in stages] == [1, 1, 1, 1, 1, 1, 2, 1, 1, 1]
-    assert [st.patch_local for st in stages] == [False, False, True] + [False] * 7
+    assert stages[2].run is dec.mid.attn_1
 
 
 def test_tiled_decode_through_temporary_files_equals_untiled():

@@ -50,15 +50,14 @@ class Norms:
 class Stage:
     """One step of :meth:`Decoder.stages`: ``run(x, grid)`` maps float [B,C,H,W] to
     [B,C',H*scale,W*scale] (``grid``: a Grid or a :class:`Norms`); ``reach``: input pixels of
-    context on each side an output pixel depends on (one per 3x3 convolution); ``norms``: the
-    patch-aware norms it applies, in order; ``patch_local``:
-    it works within each patch (the attention), so it needs whole patches and no context."""
+    context on each side an output pixel depends on (one per 3x3 convolution; 0 for the patch
+    attention, which works within each patch: tiles are whole patches); ``norms``: the
+    patch-aware norms it applies, in order."""
 
     run: Callable[[torch.Tensor, Any], torch.Tensor]
     reach: int
     norms: int = 0
     scale: int = 1
-    patch_local: bool = False
 
 
 _VAR_FLOOR = 1e-30  # added to the variance inside the group norm kernel (see PatchGroupNorm)
@@ -255,7 +254,7 @@ class Decoder(nn.Module):
         ``conv_out``."""
         out = [_stage(self.conv_in, _ignore_grid(self.conv_in)), _stage(self.mid.block_1)]
         if self.mid.attn_1 is not None:  # absent in the light variant (mid_attn=False)
-            out.append(Stage(self.mid.attn_1, reach=0, patch_local=True))
+            out.append(Stage(self.mid.attn_1, reach=0))
         out.append(_stage(self.mid.block_2))
         for level in reversed([cast(_Level, level) for level in self.up]):
             out += [_stage(block) for block in level.block]

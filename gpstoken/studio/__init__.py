@@ -8,7 +8,8 @@ its texture. A small standard-library HTTP server (:mod:`.server`) serves one st
 >>> from gpstoken.studio import serve
 >>> serve(port=7860)            # http://127.0.0.1:7860/
 """
-from .engine import Limits, Studio, StudioError
+from .engine import Studio
+from .requests import Limits, StudioError
 from .server import StudioServer, make_server, serve
 
 __all__ = ["Limits", "Studio", "StudioError", "StudioServer", "make_server", "serve"]

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
-from .engine import Limits, Studio, StudioError
+from .engine import Studio
 from .jobs import JobRunner
+from .requests import Limits, StudioError
 
 STATIC = {"index.html": "text/html; charset=utf-8", "studio.js": "text/javascript; charset=utf-8",
           "studio.css": "text/css; charset=utf-8"}
