@@ -173,7 +173,8 @@ class GPSTokenizer(nn.Module):
         b = torch.cat([blk.roimlp.bias for blk in blocks])  # [L]
         weighted = torch.einsum("pnks,ls->lpnk", pooled.flatten(3), w)  # [L,P,N,stem_channels]
         conv = self.roialign_layer.weight.view(self.config.gpsenc_c, self.config.stem_channels)
-        bias = w.sum(1)[:, None] * self.roialign_layer.bias + b[:, None]  # [L, gpsenc_c]
+        conv_bias = cast(torch.Tensor, self.roialign_layer.bias)  # the 1x1 conv is built with a bias
+        bias = w.sum(1)[:, None] * conv_bias + b[:, None]  # [L, gpsenc_c]
         return F.linear(weighted, conv) + bias[:, None, None, :]
 
     def embed(self, g_init: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
