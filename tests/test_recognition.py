@@ -3,6 +3,7 @@ features on two clearly different synthetic classes, and the protocol end to end
 random generator with a cheap feature function."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -14,7 +15,16 @@ from gpstoken.checkpoint import GeneratorConfig
 from gpstoken.models.configs import SiTConfig
 from gpstoken.models.sit import SiT
 from gpstoken.pipeline import Generator
-from gpstoken.recognition import NearestCentroid, RecognitionReport, recognisability, top1
+from gpstoken.recognition import (
+    NearestCentroid,
+    RealReference,
+    RecognitionReport,
+    real_reference,
+    recognisability,
+    recognisability_sweep,
+    sweep_markdown,
+    top1,
+)
 
 
 def test_nearest_centroid_matches_a_direct_numpy_computation():
@@ -153,3 +163,77 @@ def test_recognisability_refuses_real_classes_that_are_not_the_generators(two_cl
 def test_recognisability_refuses_bad_counts(two_class_generator, kw, msg):
     with pytest.raises((ValueError, TypeError), match=msg):
         recognisability(two_class_generator, features=_mean_colour, **kw)
+
+
+# ----------------------------------------------------------------------------- sweeps and the cached reference
+
+
+def test_a_sweep_equals_separate_runs_of_each_setting(two_class_generator, colour_folder):
+    """One sweep shares the layouts and the real reference, yet gives each setting the report
+    of a run of that setting alone (same seeds, same samples)."""
+    kw = dict(n_generated=3, n_fit=2, n_real=2, real=str(colour_folder), batch_size=2, features=_mean_colour)
+    settings = [{"steps": 3, "sampler": "sde", "cfg_scale": 1.0}, {"steps": 3, "sampler": "ode", "cfg_scale": 4.0}]
+    swept = recognisability_sweep(two_class_generator, settings, **kw)
+    for s, report in zip(settings, swept):
+        alone = recognisability(two_class_generator, **s, **kw)
+        assert report.to_dict() == alone.to_dict()
+    assert [r.settings["cfg_scale"] for r in swept] == [1.0, 4.0]
+    assert swept[1].settings["sampler"] == "ode" and swept[1].settings["guidance_interval"] == (0.0, 1.0)
+
+
+def test_sample_texture_after_sample_layout_is_generate(two_class_generator):
+    gen = two_class_generator
+    want = gen.generate(1, n=2, seed=5, steps=3, cfg_scale=2.0, progress=False)
+    rng = torch.Generator().manual_seed(5)
+    layout = gen.sample_layout(1, 2, generator=rng)
+    got = gen.sample_texture(1, layout, generator=rng, sampling=dataclasses.replace(gen.sampling, steps=3,
+                                                                                     cfg_scale=2.0))
+    torch.testing.assert_close(got.tokens.features, want.tokens.features, rtol=0, atol=0)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got.images, want.images))
+    with pytest.raises(TypeError, match="sampling: expected a gpstoken.sampling.SamplingDefaults"):
+        gen.sample_texture(1, layout, generator=rng, sampling={"cfg_scale": 2.0})
+    with pytest.raises(TypeError, match="layout: expected a gpstoken.Layout"):
+        gen.sample_texture(1, layout.geometry, generator=rng)
+
+
+@pytest.mark.parametrize("settings, msg", [([{"cfg": 2}], r"settings\[0\]: unknown options \['cfg'\]"),
+                                           ([{}, {"cfg_scale": 0.5}], r"settings\[1\]: cfg_scale: must be"),
+                                           ([{"sampler": "nope"}], r"settings\[0\]: sampler: expected one of"),
+                                           ([], "settings: need at least one")])
+def test_sweep_refuses_bad_settings_before_any_work(two_class_generator, settings, msg):
+    with pytest.raises(ValueError, match=msg):
+        recognisability_sweep(two_class_generator, settings, real="/nonexistent", features=_mean_colour)
+
+
+def test_real_reference_is_cached_and_refitted_when_the_settings_change(colour_folder, tmp_path):
+    cache = tmp_path / "ref.safetensors"
+    lines: list[str] = []
+    kw = dict(n_fit=2, n_real=2, real=str(colour_folder), cache=cache, log=lines.append)
+    first = real_reference(["blue", "red"], _mean_colour, **kw)
+    assert cache.is_file() and any("written" in line for line in lines)
+    lines.clear()
+    again = real_reference(["blue", "red"], _mean_colour, **kw)
+    assert lines == [f"real reference read from {cache}"]
+    torch.testing.assert_close(again.classifier.centroids, first.classifier.centroids)
+    assert again.real == first.real == [1.0, 1.0] and again.settings == first.settings
+    lines.clear()
+    other = real_reference(["blue", "red"], _mean_colour, **{**kw, "n_fit": 3})
+    assert "made with other settings" in lines[0] and other.settings["n_fit"] == 3
+    assert RealReference.load(cache).settings["n_fit"] == 3  # rewritten
+    (tmp_path / "bad.safetensors").write_bytes(b"not a reference")
+    with pytest.raises(ValueError):
+        RealReference.load(tmp_path / "bad.safetensors")
+
+
+def test_sweep_table_and_standard_error(two_class_generator, colour_folder):
+    ref = real_reference(["blue", "red"], _mean_colour, n_fit=2, n_real=2, real=str(colour_folder))
+    reports = recognisability_sweep(two_class_generator, [{"steps": 2}, {"steps": 2, "cfg_scale": 3.0}],
+                                    n_generated=2, reference=ref, features=_mean_colour)
+    p = reports[0].generated_overall
+    assert reports[0].generated_stderr == pytest.approx(math.sqrt(p * (1 - p) / 4))
+    table = sweep_markdown(reports)
+    assert "| sde 2 cfg 1.5 [0,1] |" in table and "| sde 2 cfg 3 [0,1] |" in table
+    assert "| 1 red |" in table and "real held-out crops (2/class) | 100.0% |" in table
+    with pytest.raises(ValueError, match="reference: made for classes \\(a, b\\)"):
+        recognisability_sweep(two_class_generator, reference=dataclasses.replace(ref, class_names=["a", "b"]),
+                              features=_mean_colour)

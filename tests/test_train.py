@@ -24,6 +24,7 @@ from gpstoken.metrics import psnr  # noqa: E402
 from gpstoken.models.configs import SiTConfig, TokenizerConfig  # noqa: E402
 from gpstoken.models.sit import SiT  # noqa: E402
 from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
+from gpstoken.sampling import SamplingDefaults  # noqa: E402
 from gpstoken.train import (  # noqa: E402
     OFFLINE_CLASSES,
     OFFLINE_HELDOUT,
@@ -378,7 +379,8 @@ def test_texture_retraining_starts_from_a_bundled_generator(labeled_images, tiny
     shipped_state, _ = load_safetensors(shipped)
 
     retrain = GeneratorTrainer(_gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=3, init_from=str(shipped),
-                                        layout_from=str(shipped), save_every_minutes=0.0, export_on_save=True),
+                                        layout_from=str(shipped), save_every_minutes=0.0, export_on_save=True,
+                                        sampling={"cfg_scale": 4.0, "steps": 25}),
                                tmp_path / "re", "texture")
     for k, v in retrain.ema.model.state_dict().items():  # starts from the bundled texture weights
         assert torch.equal(v, shipped_state["ema_model." + k]), k
@@ -391,6 +393,9 @@ def test_texture_retraining_starts_from_a_bundled_generator(labeled_images, tiny
         if k.startswith("layout_model."):
             assert torch.equal(state[k].float(), v.float()), k
     assert "layout" in checkpoint_config(meta, "generator")
+    # the config's sampling defaults are what the exported generator uses without arguments
+    assert gpstoken.load_generator(summary["export"]).sampling == SamplingDefaults(steps=25, cfg_scale=4.0)
+    assert gpstoken.load_generator(shipped).sampling == SamplingDefaults()
     with pytest.raises(ValueError, match="layout_from: .*tok.safetensors: .*expected a generator"):
         GeneratorTrainer(_gen_cfg(labeled_images, tiny_tokenizer_file, cache, max_steps=1,
                                   layout_from=str(tiny_tokenizer_file)), tmp_path / "bad", "texture")
@@ -405,6 +410,23 @@ def test_retraining_config_reads_and_points_at_the_shipped_generator():
     for path in (cfg.tokenizer, cfg.init_from, cfg.layout_from):
         assert (root / path).is_file(), path
     assert _layout_part(str(root / cfg.layout_from), {"n_tokens": cfg.data.token_range[0]})
+
+
+GEN_DATA = {"labeled": True, "n_tokens": 16}
+
+
+@pytest.mark.parametrize("sampling, msg", [({"cfg_scale": 0.5}, r"sampling: cfg_scale: must be a finite number >= 1"),
+                                           ({"cfg": 2}, r"sampling: unknown fields \['cfg'\]"),
+                                           ([2.5], r"sampling: expected an object")])
+def test_generator_config_refuses_bad_sampling_defaults(sampling, msg):
+    with pytest.raises(ValueError, match=msg):
+        GeneratorTrainConfig.from_dict({"model": TINY_SIT, "sampling": sampling, "data": GEN_DATA})
+
+
+def test_sampling_defaults_are_refused_for_the_layout_model(tmp_path):
+    cfg = GeneratorTrainConfig.from_dict({"model": TINY_SIT, "sampling": {"cfg_scale": 2.0}, "data": GEN_DATA})
+    with pytest.raises(ValueError, match="sampling: the sampling defaults belong to the texture export"):
+        GeneratorTrainer(cfg, tmp_path / "lay", "layout")
 
 
 def _spy(checkpoint_or_stop, seen: list, export_dir: Path):

@@ -16,7 +16,7 @@ from ..images import to_pil
 from ..layout import Layout, calibrate
 from ..layout_bank import LayoutBank
 from ..models.sit import SiT
-from ..sampling import SAMPLERS, VelocityFn, cfg_velocity, check_sampling, sample
+from ..sampling import SAMPLERS, SamplingDefaults, VelocityFn, cfg_velocity, sample
 from ..tokens import GPSTokens
 from .tokenizer import Tokenizer, expand_batch
 
@@ -156,21 +156,40 @@ class Generator:
         n = validate.integer(n, "n", low=1)
         seed = validate.integer(seed, "seed", low=0, high=2**63 - 1) if seed is not None else None
         progress = validate.flag(progress, "progress")
-        d = self.sampling
-        cfg_scale = d.cfg_scale if cfg_scale is None else cfg_scale
-        steps = d.steps if steps is None else steps
-        sampler = d.sampler if sampler is None else sampler
-        guidance_interval = d.guidance_interval if guidance_interval is None else guidance_interval
-        check_sampling(steps, sampler, cfg_scale, guidance_interval)
+        given = {"cfg_scale": cfg_scale, "steps": steps, "sampler": sampler, "guidance_interval": guidance_interval}
+        sampling = replace(self.sampling, **{k: v for k, v in given.items() if v is not None})  # checks them
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         if layout is None:
             layout = self.sample_layout(class_id, n, generator=gen, progress=False)
         else:
-            layout = _broadcast_layout(layout, n, self.n_tokens)
+            layout = expand_batch(_check_layout(layout, self.n_tokens), n, "n")
+        return self.sample_texture(class_id, layout, generator=gen, sampling=sampling, progress=progress)
+
+    def sample_texture(self, class_id: int | str, layout: Layout, *, generator: torch.Generator,
+                       sampling: Optional[SamplingDefaults] = None, progress: bool = False) -> GenerationResult:
+        """Stage 2: texture tokens for ``layout`` (a :class:`Layout` of ``B`` single 256x256
+        patches with this generator's token count, e.g. from :meth:`sample_layout`), decoded to
+        ``B`` images of class ``class_id``.
+
+        sampling: cfg_scale, steps, sampler and guidance_interval (default :attr:`sampling`;
+        another setting: ``dataclasses.replace(gen.sampling, cfg_scale=4.0)``). ``generator``
+        (on :attr:`device`) supplies the noise: ``generate(c, n=n, seed=s)`` is
+        :meth:`sample_layout` then this method on one generator seeded with ``s``, so restoring
+        a generator's state after stage 1 gives ``generate``'s images for several settings of
+        one layout.
+        """
+        class_id = self.class_index(class_id)
+        layout = _check_layout(layout, self.n_tokens)
+        s = self.sampling if sampling is None else sampling
+        if not isinstance(s, SamplingDefaults):
+            raise TypeError(f"sampling: expected a gpstoken.sampling.SamplingDefaults (e.g. "
+                            f"dataclasses.replace(generator.sampling, cfg_scale=4.0)), got {type(s).__name__}")
+        cfg_scale, guidance_interval = s.cfg_scale, s.guidance_interval
+        n = layout.batch_size
         g_init = layout.geometry.to(self.device)
         channels = self.texture.config.in_channels
-        noise = torch.randn(n, channels, self.n_tokens, 1, generator=gen, device=self.device)
+        noise = torch.randn(n, channels, self.n_tokens, 1, generator=generator, device=self.device)
         y = torch.full((n,), class_id, device=self.device, dtype=torch.long)
         velocity: VelocityFn
         if cfg_scale == 1.0:
@@ -183,7 +202,8 @@ class Generator:
                                   cond=torch.cat([g_init, g_init])),
                 float(cfg_scale), interval=(float(guidance_interval[0]), float(guidance_interval[1])))
         with torch.inference_mode():
-            x = sample(velocity, noise, method=SAMPLERS[sampler], steps=steps, generator=gen, progress=progress)[:n]
+            x = sample(velocity, noise, method=SAMPLERS[s.sampler], steps=s.steps, generator=generator,
+                       progress=progress)[:n]
         targets = x[..., 0].transpose(1, 2) * self.latent_std + self.latent_mean  # [n, N, 5+C]
         tokens = checkpoint.tokens_from_targets(targets, g_init)
         model_id, model_hash = hub.portable_id(self.tokenizer)
@@ -243,7 +263,8 @@ def _layout_from_geometry(g: torch.Tensor) -> Layout:
     return Layout(g.float(), regions_from_geometry(g), (PATCH, PATCH), (1, 1))
 
 
-def _broadcast_layout(layout: Layout, n: int, n_tokens: int) -> Layout:
+def _check_layout(layout: Layout, n_tokens: int) -> Layout:
+    """``layout`` when it is single-patch 256x256 layouts of ``n_tokens`` tokens; TypeError/ValueError otherwise."""
     if not isinstance(layout, Layout):
         raise TypeError(f"layout: expected a gpstoken.Layout (see gpstoken.edit_layout), got {type(layout).__name__}")
     if layout.grid != (1, 1) or layout.n_tokens != n_tokens:
@@ -252,4 +273,4 @@ def _broadcast_layout(layout: Layout, n: int, n_tokens: int) -> Layout:
             f"{layout.grid} and {layout.n_tokens} tokens per patch (use edit_layout(..., n_tokens={n_tokens}) "
             f"on a 256x256 image)"
         )
-    return expand_batch(layout, n, "n")
+    return layout

@@ -25,6 +25,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..models.configs import SiTConfig
+from ..sampling import SamplingDefaults
 
 __all__ = ["export_generator"]
 
@@ -32,12 +33,14 @@ __all__ = ["export_generator"]
 def export_generator(path: str | os.PathLike, kind: str, model: torch.nn.Module, sit_config: SiTConfig,
                      stats: tuple[torch.Tensor, torch.Tensor], class_names: list[str], *,
                      tokenizer: Optional[str] = None, layout_from: Optional[str] = None,
-                     dtype: str = "float32", extra_metadata: Optional[dict[str, Any]] = None) -> Path:
+                     sampling: Optional[SamplingDefaults] = None, dtype: str = "float32",
+                     extra_metadata: Optional[dict[str, Any]] = None) -> Path:
     """Write ``model``'s weights to ``path`` as a texture (``kind="texture"``) or layout
     (``kind="layout"``) export.
 
     stats: the per-channel target normalisation ``(mean [C], std [C])``. tokenizer: the paired
     tokenizer id (texture). layout_from: a file whose layout model is bundled in (texture).
+    sampling: the generator's sampling defaults (texture; default :class:`SamplingDefaults`).
     dtype: ``"float16"`` or ``"float32"``. Returns ``path``.
     """
     dt = torch.float16 if dtype == "float16" else torch.float32
@@ -50,6 +53,8 @@ def export_generator(path: str | os.PathLike, kind: str, model: torch.nn.Module,
                     tokenizer=tokenizer)
         if layout_from:
             state.update(_layout_part(layout_from, info))
+        if sampling is not None:
+            info["sampling"] = sampling.to_dict()
         info = GeneratorConfig.from_dict(info).to_dict()  # the schema loaders read
     else:
         info.update(layout=sit_config.to_dict(), layout_mean=mean.tolist(), layout_std=std.tolist())

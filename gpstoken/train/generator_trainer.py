@@ -39,6 +39,7 @@ from ..checkpoint import LAYOUT_PREFIX, TEXTURE_PREFIX, read_keys, texture_targe
 from ..geometry import GEOMETRY
 from ..models.configs import SIT_ARCHS, SiTConfig
 from ..models.sit import SiT
+from ..sampling import SamplingDefaults
 from ..token_dataset import TokenDataset
 from .common import Run, RunConfig, architecture, lr_factor, set_lr
 from .data import training_images
@@ -60,7 +61,10 @@ class GeneratorTrainConfig(RunConfig):
     batch. cache_dir: extraction cache (default ``<out>/cache``). cond_noise: layout
     condition noise in units of each geometry channel's std (texture). layout_from: a layout
     export (or a generator bundling a layout model) to bundle into the texture export.
-    class_names: override the data's class names.
+    class_names: override the data's class names. sampling: the sampling defaults the texture
+    export records (``{"steps", "sampler", "cfg_scale", "guidance_interval"}``, each optional;
+    :class:`~gpstoken.sampling.SamplingDefaults`' values when absent), i.e. what
+    ``Generator.generate`` uses without arguments; choose them by a metric (examples/recognisability.py).
     init_from: a safetensors generator to start from (``ema_model.`` / ``layout_model.``
     prefixed keys or plain keys). tokens: a ``gpstoken tokenize --labeled`` folder to train on
     instead of extracting crops (``data`` is then not used; ``tokenizer`` defaults to the
@@ -78,9 +82,18 @@ class GeneratorTrainConfig(RunConfig):
     class_names: Optional[list[str]] = None
     init_from: Optional[str] = None
     tokens: Optional[str] = None
+    sampling: Optional[SamplingDefaults] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.sampling, dict):
+            try:
+                self.sampling = SamplingDefaults.from_dict(self.sampling)
+            except (TypeError, ValueError) as e:
+                raise ValueError(str(e) if str(e).startswith("sampling:") else f"sampling: {e}") from None
+        elif self.sampling is not None and not isinstance(self.sampling, SamplingDefaults):
+            raise ValueError(f"sampling: expected an object such as {{\"cfg_scale\": 2.5, \"sampler\": \"sde\"}}, "
+                             f"got {self.sampling!r}")
         if self.tokens is not None:
             return
         if not self.data.labeled:
@@ -110,6 +123,9 @@ class GeneratorTrainer:
     def __init__(self, cfg: GeneratorTrainConfig, out: str | os.PathLike, kind: str) -> None:
         if kind not in ("texture", "layout"):
             raise ValueError(f"kind: expected 'texture' or 'layout', got {kind!r}")
+        if kind == "layout" and cfg.sampling is not None:
+            raise ValueError("sampling: the sampling defaults belong to the texture export (the generator); "
+                             "remove them from the layout config")
         self.cfg, self.kind = cfg, kind
         self.run = Run(cfg, out, kind)
         dev = self.run.device
@@ -212,7 +228,8 @@ class GeneratorTrainer:
             texture = self.kind == "texture"
             export_generator(path, self.kind, self.ema.model, self.sit_config, (self.mean, self.std),
                              self.class_names, tokenizer=self._paired_tokenizer() if texture else None,
-                             layout_from=self.cfg.layout_from if texture else None, dtype=self.cfg.export_dtype,
+                             layout_from=self.cfg.layout_from if texture else None, sampling=self.cfg.sampling,
+                             dtype=self.cfg.export_dtype,
                              extra_metadata={"train_step": run.step, "cond_noise": self.cfg.cond_noise,
                                              "trained": self.kind})
         run.accelerator.wait_for_everyone()
