@@ -17,6 +17,11 @@ both in the ``eval`` extra), whose pooled features are compared with one centroi
   positions, scales and flips, never used for fitting) are classified to give the real
   reference; ``n_generated`` samples per class are drawn from the generator and classified.
   The report gives top-1 per class and overall for both.
+* **sweeps** (:func:`recognisability_sweep`): several sampling settings of one generator, the
+  usual way of choosing guidance by a metric. The real reference (:class:`RealReference`,
+  optionally kept in a file) is fitted once, and each batch's layouts are sampled once: the
+  random state after stage 1 is restored for every setting's stage 2, so a setting's report
+  is the one a run of that setting alone gives.
 
 For the default generator each class is crops of one scikit-image picture
 (``gpstoken.train.data.OFFLINE_CLASSES``), so the real crops of a class all come from that
