@@ -407,6 +407,7 @@ def test_retraining_config_reads_and_points_at_the_shipped_generator():
     root = Path(__file__).resolve().parents[1]
     cfg = GeneratorTrainConfig.from_json(root / "examples/configs/tiny_texture_retrain.json")
     assert cfg.export_on_save and cfg.save_every_minutes and cfg.data.labeled
+    assert isinstance(cfg.sampling, SamplingDefaults)  # what the export's generate() uses by default
     for path in (cfg.tokenizer, cfg.init_from, cfg.layout_from):
         assert (root / path).is_file(), path
     assert _layout_part(str(root / cfg.layout_from), {"n_tokens": cfg.data.token_range[0]})
