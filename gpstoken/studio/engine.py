@@ -17,7 +17,7 @@ import io
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from PIL import Image
 
@@ -156,7 +156,7 @@ class Studio:
         note = None
         if scale < 1:
             size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
-            image = image.resize(size, Image.LANCZOS)
+            image = image.resize(size, Image.Resampling.LANCZOS)
             note = f"downscaled from {w}x{h} to {size[0]}x{size[1]} (--max-side {self.limits.max_side})"
         s = self._sessions.new(image, name, "photo")
         return {"session": s.id, "width": image.width, "height": image.height, "name": name, "note": note}
@@ -178,7 +178,8 @@ class Studio:
             img = s.image
             if edits:
                 layout = edited_layout(s.after, edits)
-                n, boxes = s.after.n_tokens, s.after.priority
+                base = cast(Result, s.after)  # edited_layout rejects a session without a result
+                n, boxes = base.n_tokens, base.priority
             else:
                 lim = self.limits
                 n = integer(n_tokens if n_tokens is not None else self.tokenizer.config.gps_num, "n_tokens",
@@ -214,7 +215,8 @@ class Studio:
             s = self.session(sid)
             if s.kind != "generated":
                 raise StudioError("regenerate: this is a photo; use encode to change its layout")
-            cid = integer(class_id, "class_id", 0, gen.num_classes - 1) if class_id is not None else s.class_id
+            cid = (integer(class_id, "class_id", 0, gen.num_classes - 1) if class_id is not None
+                   else cast(int, s.class_id))  # a generated session always has its class
             layout = edited_layout(s.after, edits or {})
             if layout.n_tokens != gen.n_tokens:
                 raise StudioError(

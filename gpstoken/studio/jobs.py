@@ -77,8 +77,8 @@ class JobRunner:
             ahead = sum(1 for j in self._jobs.values() if j.state in ("queued", "running") and j.created < job.created)
             return job.as_dict(ahead)
 
-    def wait(self, job_id: str, timeout: float = 600.0) -> dict:
-        """Block until the job ends (for tests and scripts); returns :meth:`status`."""
+    def wait(self, job_id: str, timeout: float = 600.0) -> Optional[dict]:
+        """Block until the job ends (for tests and scripts); returns :meth:`status` (None for an unknown job)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             st = self.status(job_id)

@@ -44,7 +44,7 @@ _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
 def _static(name: str) -> bytes:
-    return resources.files("gpstoken.studio").joinpath("static", name).read_bytes()
+    return resources.files("gpstoken.studio").joinpath("static").joinpath(name).read_bytes()
 
 
 def _is_loopback(host: str) -> bool:
@@ -69,7 +69,8 @@ class StudioServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        address, port = self.server_address[:2]
+        host = address.decode() if isinstance(address, (bytes, bytearray)) else address  # always str for IP sockets
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         return f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
 
