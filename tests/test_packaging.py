@@ -32,7 +32,7 @@ OPTIONAL = {
     "pytorch_fid": "rFID Inception features (one of two alternatives)",
 }
 #: parts of the package that belong to an extra (everything else is core)
-EXTRA_OF = {"train/": "train", "evaluate.py": "eval", "recognition.py": "eval"}
+EXTRA_OF = {"train/": "train", "evaluate.py": "eval", "recognition/": "eval"}
 
 
 def _name(req: str) -> str:

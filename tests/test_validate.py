@@ -271,12 +271,12 @@ def test_guidance_interval_is_checked():
 
 def test_models_do_not_validate_per_render(monkeypatch):
     """Checks live at the boundary: a model's render never runs the value check (no host sync)."""
-    from gpstoken import validate
     from gpstoken.models.configs import DecoderConfig, TokenizerConfig
     from gpstoken.models.tokenizer import GPSTokenizer
+    from gpstoken.validate import tokens as token_checks
 
     calls = []
-    monkeypatch.setattr(validate, "gaussians", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(token_checks, "gaussians", lambda *a, **k: calls.append(1))
     model = GPSTokenizer(TokenizerConfig(gpsenc_n=1, gpsenc_c=32, gps_num=4, gps_c=4,
                                          decoder=DecoderConfig(ch=32, ch_mult=(1,), num_res_blocks=0, z_channels=4)))
     tokens = torch.cat([torch.full((1, 4, 2), 0.2), torch.zeros(1, 4, 3), torch.randn(1, 4, 4)], -1)
