@@ -283,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--split", default="train", help="dataset split (datasets sources)")
     k.add_argument("--image-column", default=None, help="image column (datasets sources; default: the first Image)")
     k.add_argument("--labeled", action="store_true", help="SRC's sub-folders are classes: store each image's class")
-    k.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                   help="encoder precision (default: bfloat16 on CUDA, float32 on the CPU; bfloat16 on the CPU "
-                        "needs native bfloat16: AVX512-BF16 or AMX)")
+    k.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="encoder precision (auto: bfloat16 on CUDA and on a CPU with native bfloat16, AVX512-BF16 "
+                        "or AMX, else float32; float32: exact tokens; the manifest records the dtype used)")
     common(k)
     k.set_defaults(func=_cmd_tokenize)
 

@@ -12,7 +12,10 @@ unavailable with the reason, never an error.
 Outputs in ``out``: ``eval.json`` (each model recorded by its portable id and SHA-256,
 :func:`gpstoken.hub.portable_id`), ``eval.md`` (the markdown table, also printed) and
 ``eval.png`` (each metric against the token count, one line per model; needs matplotlib).
-Multi-process like ``gpstoken tokenize``: process ``RANK`` of ``WORLD_SIZE`` takes every
+The tokenizers' work runs where ``gpstoken tokenize``'s does
+(:func:`gpstoken.image_dataset.job_batches`): on the CPU each DataLoader worker encodes and
+decodes its batches with one torch thread and the main process computes the metrics; on CUDA the
+main process runs the models. Multi-process like ``gpstoken tokenize``: process ``RANK`` of ``WORLD_SIZE`` takes every
 ``WORLD_SIZE``-th batch, writes its sums to ``out/parts/`` and the last one to finish merges
 them and removes ``out/parts/`` (eval does not resume: a failed run is simply rerun).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -29,13 +33,13 @@ from safetensors.torch import load_file
 
 from . import shards
 from .hub import portable_id
-from .image_dataset import PreparedImages, Processes, loader
+from .image_dataset import PreparedImages, Processes, job_batches
 from .images import MIN_SIDE, to_uint8
 from .inception import load_inception
 from .io import atomic_path, write_safetensors, write_text
 from .metrics import STLPIPS, STLPIPS_INSTALL, FeatureMoments, frechet_distance, psnr, ssim, stlpips_available
-from .pipeline import load_tokenizer
-from .pretokenize import PREPROCESSING, check_token_count, encode_batch
+from .pipeline import Tokenizer, load_tokenizer
+from .pretokenize import PREPROCESSING, check_int, check_token_count, encode_batch
 from .sources import open_source
 
 METRICS = (("psnr", "PSNR (dB)", "higher"), ("ssim", "SSIM", "higher"), ("st_lpips", "ST-LPIPS", "lower"),
@@ -91,16 +95,18 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
 
     fid_features: a feature extractor ``uint8 [B,3,H,W] -> float [B,D]`` used for rFID
     instead of the standard Inception (numbers then are not comparable to published FIDs).
+    num_workers: DataLoader worker processes, as ``gpstoken tokenize``'s (on the CPU one per
+    usable core by default, each encoding and decoding its batches; 0: everything here).
     """
     if isinstance(models, str) or not models:
         raise ValueError(f"--model: expected one or more model names, got {models!r}")
     if isinstance(token_counts, int) or not token_counts:
         raise ValueError(f"--tokens: expected one or more token counts, got {token_counts!r}")
     counts = sorted({check_token_count(n) for n in token_counts})
-    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIDE:
-        raise ValueError(f"--size: expected an integer >= {MIN_SIDE}, got {size!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
+    size = check_int(size, "--size", MIN_SIDE)
+    batch_size = check_int(batch_size, "--batch-size", 1)
+    if num_workers is not None:
+        num_workers = check_int(num_workers, "--workers", 0)
     procs = Processes.from_env()
     source = open_source(src, split=split, image_column=image_column)
     dev = torch.device(device) if device is not None else procs.device()
@@ -170,27 +176,33 @@ def _remove_parts(folder: Path, parts: list[Path]) -> None:
             pass
 
 
+def _reconstruct_job(toks: list[Tokenizer], keys: list[tuple[int, int]], images: torch.Tensor,
+                     layouts: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """eval's job (:func:`gpstoken.image_dataset.job_batches`): the batch on the models' device
+    and its reconstruction by model ``j`` at ``n`` tokens for each key ``(j, n)``."""
+    x = images.to(toks[0].device, non_blocking=True)
+    return {"image": x, "recs": [toks[j].decode_tensor(encode_batch(toks[j], x, layouts[n])) for j, n in keys]}
+
+
 def _run(toks, keys, counts, source, size, batches, features, lpips, num_workers, progress) -> _Sums:
     from tqdm.auto import tqdm
 
     dim = features(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)).shape[1] if features is not None else None
     sums = _Sums(keys, dim)
-    data = loader(PreparedImages(source, size, counts), batches, num_workers)
+    data = job_batches(PreparedImages(source, size, counts), batches, partial(_reconstruct_job, toks, keys),
+                       in_workers=toks[0].device.type == "cpu", num_workers=num_workers)
     bar = tqdm(total=sum(map(len, batches)), unit="img", desc="eval", disable=not progress, dynamic_ncols=True)
     pending_skips: list[dict[str, Any]] = []
     try:
         for b, batch in enumerate(data):
             pending_skips += [{"index": i, "id": source.ids[i], "reason": r} for i, r in batch["skipped"]]
-            x = batch["image"]
-            if x is not None:
-                x = x.to(toks[0].device, non_blocking=True)
+            if batch["out"] is not None:
+                x = batch["out"]["image"]
                 real = features(to_uint8(x)) if features is not None else None
                 if real is not None:
                     sums.real.update(real)
                 sums.count += len(x)
-                for j, n in keys:
-                    tok = toks[j]
-                    rec = tok.decode_tensor(encode_batch(tok, x, batch["layouts"][n]))
+                for (j, n), rec in zip(keys, batch["out"]["recs"]):
                     s = sums.sums[(j, n)]
                     s["psnr"] += psnr(rec, x).double().sum().item()
                     s["ssim"] += ssim(rec, x).double().sum().item()
@@ -202,6 +214,7 @@ def _run(toks, keys, counts, source, size, batches, features, lpips, num_workers
             bar.update(len(batches[b]))
     finally:
         bar.close()
+        data.close()
     sums.skipped += pending_skips
     return sums
 

@@ -3,14 +3,21 @@ by the standard protocol in DataLoader workers, and the process layout of a mult
 
 A worker decodes image ``i``, resizes its shorter side to ``size`` and centre-crops it
 (:func:`gpstoken.images.center_crop`), and computes the entropy partition for each requested
-token count, so the main process only runs the model. Images that cannot be decoded or are
-smaller than :data:`gpstoken.images.MIN_SIDE` come back as a skip with the reason.
+token count. Images that cannot be decoded or are smaller than :data:`gpstoken.images.MIN_SIDE`
+come back as a skip with the reason.
+
+The model's work on a batch (tokenize: encode; eval: encode and decode) is a *job*
+(:func:`job_batches`). On CUDA the main process runs it on the GPU. On the CPU every worker runs
+it on the batches it prepared, with one torch thread, and the main process only consumes the
+results: one single-threaded process per core keeps every core busy, while a main process
+running the model with several threads beside the workers would oversubscribe the cores.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Generator, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -114,6 +121,17 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch runs with ``n`` intra-op threads inside the block (the count is restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
@@ -133,3 +151,49 @@ def loader(dataset: PreparedImages, batches: list[list[int]], num_workers: Optio
     if num_workers:
         kw = dict(worker_init_fn=_worker_init, prefetch_factor=4)
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_fn, **kw)
+
+
+#: default number of workers that run the job on the CPU (:func:`job_batches`): one per usable
+#: core, at most this many (each holds its own activations)
+MAX_CPU_WORKERS = 8
+
+#: a job: (images float32 [B,3,S,S] in [-1,1], layouts {n: (geometry [B,N,5], regions [B,N,4])})
+#: -> any picklable result (tensors are passed back from the workers through shared memory)
+Job = Callable[[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor]]], Any]
+
+
+def run_job(batch: dict[str, Any], job: Job) -> dict[str, Any]:
+    """``batch`` (:func:`collate`) with ``image`` and ``layouts`` replaced by ``out``, the
+    job's result (None when every image of the batch was skipped)."""
+    image, layouts = batch.pop("image"), batch.pop("layouts", None)
+    batch["out"] = None if image is None else job(image, layouts)
+    return batch
+
+
+class _JobCollate:
+    """``collate_fn`` that runs the job where the batch was collated (a DataLoader worker)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return run_job(collate(items), self.job)
+
+
+def job_batches(dataset: PreparedImages, batches: list[list[int]], job: Job, *, in_workers: bool,
+                num_workers: Optional[int] = None) -> Generator[dict[str, Any], None, None]:
+    """The batches of ``dataset`` (index lists, in order) with ``job``'s result in ``out``
+    (:func:`run_job`). ``in_workers``: the job runs in the DataLoader workers, each with one
+    torch thread (the CPU path; with 0 workers here, also with one thread, so the results do
+    not depend on the number of workers or cores); else here, after the workers prepared the
+    batch (CUDA). num_workers: worker processes (default: with ``in_workers`` one per usable
+    core, shared among the processes of this machine, at most :data:`MAX_CPU_WORKERS`; else
+    as :func:`loader`)."""
+    if in_workers and num_workers is None:
+        num_workers = min(MAX_CPU_WORKERS, Processes.from_env().cores())
+    if not in_workers:
+        for batch in loader(dataset, batches, num_workers):
+            yield run_job(batch, job)
+        return
+    with torch_threads(1):
+        yield from loader(dataset, batches, num_workers, _JobCollate(job))

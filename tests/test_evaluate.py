@@ -111,3 +111,14 @@ def test_cli_two_processes_match_one_and_errors(photos, one_process, tmp_path, c
     assert "does not exist" in err(str(tmp_path / "nope"), "-o", str(tmp_path / "x"))
     missing = str(tmp_path / "nope.safetensors")
     assert "no such checkpoint" in err(str(photos), "--model", missing, "-o", str(tmp_path / "x"))
+
+
+def test_worker_pipeline_gives_the_in_process_numbers(photos, one_process, tmp_path):
+    """On the CPU the DataLoader workers encode and decode (as tokenize's workers encode): the
+    metrics are identical to the run that does everything in this process."""
+    results = evaluate(photos, ["default"], COUNTS, out=tmp_path, batch_size=1, num_workers=2, device="cpu",
+                       fid_features=_pool_features, progress=False)
+    assert results["results"] == one_process[1]["results"]
+    assert [s["id"] for s in results["skipped"]] == ["broken.jpg"]
+    with pytest.raises(ValueError, match="--workers: expected an integer >= 0, got -1"):
+        evaluate(photos, ["default"], COUNTS, out=tmp_path, num_workers=-1, device="cpu")

@@ -81,3 +81,34 @@ def test_light_tokenizer_round_trip_through_a_file(tmp_path):
     img = torch.rand(1, 3, 256, 256) * 2 - 1
     rec = tok.reconstruct(img, n_tokens=16)
     assert tuple(rec.shape[-2:]) == (256, 256)
+
+
+def test_loaded_light_stem_runs_channels_last_on_the_cpu(tmp_path):
+    """A loaded light tokenizer stores its stem weights channels-last on the CPU (the memory-format
+    policy), which moves its tokens by float rounding only and leaves a saved checkpoint as it was;
+    the official full-resolution stem and CUDA keep NCHW."""
+    import gpstoken
+    from gpstoken.checkpoint import load_safetensors, save_checkpoint
+    from gpstoken.models.memory_format import stem_memory_format
+
+    model = _light()
+    path = tmp_path / "light.safetensors"
+    save_checkpoint({k: v.contiguous() for k, v in model.state_dict().items()}, path,
+                    model.config.to_dict(), "tokenizer", {})
+    tok = gpstoken.load_tokenizer(path, device="cpu")
+    convs = [m.weight for m in tok.model.preprocess_img.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 5 and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not any(w.is_contiguous() for w in convs)
+    torch.manual_seed(2)
+    img = torch.rand(2, 3, 256, 256) * 2 - 1
+    layout = gpstoken.partition(img, 16)
+    with torch.inference_mode():
+        want = model.encode(img, layout.geometry, layout.regions)  # the NCHW stem
+    got = tok.encode_tensor(img, layout).as_array()
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    tok.save_pretrained(tmp_path / "again")
+    assert torch.equal(load_safetensors(tmp_path / "again" / "model.safetensors")[0]["preprocess_img.1.weight"],
+                       model.state_dict()["preprocess_img.1.weight"])
+    official = TOKENIZER_ARCHS["gpstoken-m128"]
+    assert stem_memory_format(official, torch.device("cpu")) == torch.contiguous_format
+    assert stem_memory_format(model.config, torch.device("cuda")) == torch.contiguous_format

@@ -50,9 +50,9 @@ def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def reference(photos, tmp_path_factory) -> Path:
-    """An uninterrupted one-process run: 5 source images, shards of 2, batches of 2."""
+    """An uninterrupted one-process run: 5 source images, shards of 2, batches of 2, float32."""
     out = tmp_path_factory.mktemp("ref")
-    manifest = tokenize(photos, out, N, shard_size=2, batch_size=2, num_workers=0, progress=False)
+    manifest = tokenize(photos, out, N, shard_size=2, batch_size=2, num_workers=0, dtype="float32", progress=False)
     assert manifest is not None
     return out
 
@@ -86,14 +86,15 @@ def test_crash_then_resume_gives_identical_shards(photos, reference, tmp_path):
     out.mkdir()
     (out / shards.shard_name(1)).mkdir()  # the second shard cannot be written: the run crashes there
     with pytest.raises(OSError):
-        tokenize(photos, out, N, shard_size=2, batch_size=2, num_workers=0, progress=False)
+        tokenize(photos, out, N, shard_size=2, batch_size=2, num_workers=0, dtype="float32", progress=False)
     assert not (out / "manifest.json").exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temp file left
     first = (out / shards.shard_name(0)).stat()
     (out / shards.shard_name(1)).rmdir()
     with pytest.raises(FileNotFoundError, match="not finished"):
         gpstoken.TokenDataset(out)
-    assert tokenize(photos, out, N, shard_size=2, batch_size=2, num_workers=0, progress=False) is not None
+    assert tokenize(photos, out, N, shard_size=2, batch_size=2, num_workers=0, dtype="float32",
+                    progress=False) is not None
     assert (out / shards.shard_name(0)).stat().st_mtime_ns == first.st_mtime_ns  # finished shard skipped
     assert _bytes(out) == _bytes(reference)
     assert json.loads((out / "manifest.json").read_text()) == json.loads((reference / "manifest.json").read_text())
@@ -102,7 +103,7 @@ def test_crash_then_resume_gives_identical_shards(photos, reference, tmp_path):
 def test_killed_cli_run_resumes_and_two_processes_match_one(photos, reference, tmp_path):
     killed = tmp_path / "killed"
     proc = _cli("tokenize", str(photos), str(killed), "--tokens", str(N), "--shard-size", "2", "--batch-size", "2",
-                "--device", "cpu")
+                "--device", "cpu", "--dtype", "float32")
     deadline = time.time() + 240
     while not (killed / shards.shard_name(0)).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -112,10 +113,10 @@ def test_killed_cli_run_resumes_and_two_processes_match_one(photos, reference, t
     (killed / shards.shard_name(2)).write_bytes(b"\0" * 100)  # or a truncated file under the final name
     two = tmp_path / "two"
     procs = [_cli("tokenize", str(photos), str(two), "--tokens", str(N), "--shard-size", "2", "--batch-size", "2",
-                  "--device", "cpu", "--workers", "0", env={"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)})
+                  "--device", "cpu", "--workers", "0", "--dtype", "float32", env={"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)})
              for r in range(2)]
     resumed = _cli("tokenize", str(photos), str(killed), "--tokens", str(N), "--shard-size", "2", "--batch-size", "2",
-                   "--device", "cpu")
+                   "--device", "cpu", "--dtype", "float32")
     for p in [*procs, resumed]:
         stdout, stderr = p.communicate(timeout=300)
         assert p.returncode == 0, stderr
@@ -131,7 +132,8 @@ def test_list_file_source_and_errors(photos, reference, tmp_path, capsys):
     lst = tmp_path / "images.txt"
     lst.write_text(f"# two photos\n{photos / 'astronaut.png'}\n\n{photos / 'coffee.png'}\n")
     out = tmp_path / "lst"
-    assert main(["tokenize", str(lst), str(out), "--tokens", str(N), "--workers", "0", "--device", "cpu"]) == 0
+    assert main(["tokenize", str(lst), str(out), "--tokens", str(N), "--workers", "0", "--device", "cpu",
+                 "--dtype", "float32"]) == 0
     ds = gpstoken.TokenDataset(out)
     ref = gpstoken.TokenDataset(reference)
     assert len(ds) == 2 and ds[1]["id"] == str(photos / "coffee.png")
@@ -202,16 +204,19 @@ def test_saved_datasets_dataset_source(photos, reference, tmp_path, capsys):
 
 def test_bfloat16_encoder_on_cpu(photos, reference, tmp_path):
     """`--dtype bfloat16` on the CPU: tokens close to the float32 run (bfloat16 precision), the
-    manifest says so, a float32 rerun into the same folder is refused; on a CPU without native
-    bfloat16 it is a clear error."""
+    manifest says so, a float32 rerun into the same folder is refused with the dtype to pass;
+    the default (auto) is bfloat16 exactly where the CPU has native bfloat16; on a CPU without
+    it an explicit bfloat16 is a clear error."""
     from gpstoken.runtime import native_cpu_bfloat16
 
     lst = tmp_path / "one.txt"
     lst.write_text(f"{photos / 'coffee.png'}\n")
-    with pytest.raises(ValueError, match="--dtype: expected float32 or bfloat16"):
+    with pytest.raises(ValueError, match="--dtype: expected auto, float32 or bfloat16"):
         tokenize(lst, tmp_path / "x", N, dtype="float16", device="cpu")
     with pytest.raises(ValueError, match="float16 inference needs a CUDA device"):
         gpstoken.load_tokenizer("default", device="cpu", dtype="float16")
+    auto = tokenize(lst, tmp_path / "auto", N, num_workers=0, device="cpu", progress=False)
+    assert auto["encode_dtype"] == ("bfloat16" if native_cpu_bfloat16() else "float32")
     if not native_cpu_bfloat16():
         with pytest.raises(ValueError, match="needs native bfloat16 instructions"):
             tokenize(lst, tmp_path / "bf", N, dtype="bfloat16", device="cpu")
@@ -223,7 +228,8 @@ def test_bfloat16_encoder_on_cpu(photos, reference, tmp_path):
     for key, tol in (("geometry", 0.01), ("features", 0.05)):
         err = (got[key] - ref[key]).abs().max() / ref[key].abs().max()
         assert 0 < err < tol, (key, err)  # bfloat16 rounding: not equal, but close
-    with pytest.raises(ValueError, match="different run"):
+    assert _bytes(tmp_path / "auto") == _bytes(tmp_path / "bf")
+    with pytest.raises(ValueError, match="encoded in bfloat16, this run encodes in float32 .* pass --dtype bfloat16"):
         tokenize(lst, tmp_path / "bf", N, dtype="float32", num_workers=0, device="cpu", progress=False)
 
 

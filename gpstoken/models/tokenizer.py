@@ -143,8 +143,8 @@ class GPSTokenizer(nn.Module):
         """
         p, n = regions.shape[:2]
         _, _, hh, ww = images.shape
-        # NCHW on purpose: the channels-last oneDNN convs sum in another order, which moves the
-        # encoder outputs by ~5e-5 and breaks 1e-5 parity with the official encoder.
+        # the stem runs in its weights' memory format (NCHW as built; a loaded tokenizer picks it
+        # per device and stem in gpstoken.models.memory_format)
         feat = self.preprocess_img(images.contiguous())
         size = regions.new_tensor([ww - 1, hh - 1, ww - 1, hh - 1])
         pixels = size * (regions.detach() + 1) / 2

@@ -15,6 +15,7 @@ from ..geometry import GEOMETRY, REGION, split_patches
 from ..images import pad_to_patches
 from ..layout import Layout
 from ..models.configs import TokenizerConfig
+from ..models.memory_format import set_inference_format
 from ..models.tokenizer import GPSTokenizer
 from ..partition import partition_images
 from ..tokens import GPSTokens
@@ -42,6 +43,7 @@ class Tokenizer:
     def __init__(self, model: GPSTokenizer, name: str, device: torch.device, dtype: torch.dtype,
                  *, decode_per_patch: bool = False, resolved: Optional[hub.ResolvedCheckpoint] = None):
         self.model = model.eval().to(device)
+        set_inference_format(self.model, device)
         #: portable model id (registry name, Hub id or checkpoint file name), recorded in tokens
         self.name = name
         self.device = device
