@@ -46,11 +46,11 @@ sys.path.insert(0, str(REPO))
 
 import gpstoken  # noqa: E402
 from gpstoken import hub  # noqa: E402
-from gpstoken.image_dataset import usable_cores  # noqa: E402
+from gpstoken.image_dataset import torch_threads, usable_cores  # noqa: E402
 from gpstoken.images import center_crop, to_tensor  # noqa: E402
 from gpstoken.models.configs import TOKENIZER_ARCHS  # noqa: E402
 from gpstoken.models.tokenizer import GPSTokenizer  # noqa: E402
-from gpstoken.pretokenize import tokenize, torch_threads  # noqa: E402
+from gpstoken.pretokenize import tokenize  # noqa: E402
 from gpstoken.runtime import native_cpu_bfloat16  # noqa: E402
 
 

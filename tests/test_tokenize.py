@@ -181,7 +181,7 @@ def test_saved_datasets_dataset_source(photos, reference, tmp_path, capsys):
     ds.save_to_disk(str(tmp_path / "ds"))
     out = tmp_path / "out"
     assert main(["tokenize", str(tmp_path / "ds"), str(out), "--tokens", str(N), "--workers", "1",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--dtype", "float32"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["images"] == 2 and manifest["source"] == f"dataset {tmp_path / 'ds'} [train]"
     got, ref = gpstoken.TokenDataset(out), gpstoken.TokenDataset(reference)

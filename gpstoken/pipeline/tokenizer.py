@@ -24,7 +24,7 @@ ImageLike = Any
 #: memory bounds (peak memory no longer grows with the image beyond its input-resolution maps):
 #: patches per encoder batch; images of more patches than UNTILED_PATCHES are decoded
 #: DECODE_TILE x DECODE_TILE patches at a time (exact, see gpstoken.models.tiled); a progress
-#: bar is shown above PROGRESS_PATCHES patches
+#: bar is shown for images of more than PROGRESS_PATCHES patches (not for batches of small images)
 ENCODE_CHUNK = 4
 UNTILED_PATCHES = 4
 DECODE_TILE = 1
@@ -120,7 +120,7 @@ class Tokenizer:
             tokens = torch.cat([
                 self.model.encode(patches[i:i + ENCODE_CHUNK], g_init[i:i + ENCODE_CHUNK],
                                   regions[i:i + ENCODE_CHUNK]).float()
-                for i in tqdm(chunks, desc="encode", unit="chunk", disable=len(patches) <= PROGRESS_PATCHES,
+                for i in tqdm(chunks, desc="encode", unit="chunk", disable=grid[0] * grid[1] <= PROGRESS_PATCHES,
                               leave=False, dynamic_ncols=True)
             ])
         tokens = tokens.reshape(b, grid[0] * grid[1] * n, -1)
