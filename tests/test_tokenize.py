@@ -113,7 +113,8 @@ def test_killed_cli_run_resumes_and_two_processes_match_one(photos, reference, t
     (killed / shards.shard_name(2)).write_bytes(b"\0" * 100)  # or a truncated file under the final name
     two = tmp_path / "two"
     procs = [_cli("tokenize", str(photos), str(two), "--tokens", str(N), "--shard-size", "2", "--batch-size", "2",
-                  "--device", "cpu", "--workers", "0", "--dtype", "float32", env={"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)})
+                  "--device", "cpu", "--workers", "0", "--dtype", "float32",
+                  env={"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)})
              for r in range(2)]
     resumed = _cli("tokenize", str(photos), str(killed), "--tokens", str(N), "--shard-size", "2", "--batch-size", "2",
                    "--device", "cpu", "--dtype", "float32")
