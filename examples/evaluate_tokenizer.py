@@ -23,14 +23,15 @@ import torch
 import gpstoken
 from gpstoken.layout import Layout
 from gpstoken.metrics import STLPIPS, psnr, ssim, stlpips_available
-from gpstoken.train.data import DataConfig, EvalDataset, heldout_images
+from gpstoken.train.data import DataConfig, EvalDataset, ImageEntry, folder_images, heldout_images
 from gpstoken.train.thumbnail import bicubic_thumbnail
 
 
-def evaluate(checkpoint: str, init: str, n_tokens: int, crops: int, lpips) -> dict[str, float]:
-    """Mean PSNR / SSIM / ST-LPIPS of one checkpoint (or ``"bicubic"``) at ``n_tokens``."""
+def evaluate(checkpoint: str, init: str, n_tokens: int, crops: int, lpips,
+             photos: list[ImageEntry]) -> dict[str, float]:
+    """Mean PSNR / SSIM / ST-LPIPS of one checkpoint (or ``"bicubic"``) at ``n_tokens`` on ``photos``."""
     cfg = DataConfig(source="offline", init=init, eval_crops_per_image=crops)
-    data = EvalDataset(heldout_images(cfg), cfg, n_tokens)
+    data = EvalDataset(photos, cfg, n_tokens)
     tok = None if checkpoint == "bicubic" else gpstoken.load_tokenizer(checkpoint, device="cpu")
     scores = {"psnr": [], "ssim": [], "st-lpips": []}
     for i in range(len(data)):
@@ -56,10 +57,16 @@ def main() -> None:
     p.add_argument("--crops", type=int, default=1, help="crops per held-out photo (1: the centre crop)")
     p.add_argument("--no-lpips", action="store_true", help="skip ST-LPIPS even when it is installed")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--heldout", default=None,
+                   help="a folder of held-out images to use instead of the offline held-out photos")
     a = p.parse_args()
     torch.manual_seed(0)
     lpips = STLPIPS().eval() if stlpips_available() and not a.no_lpips else None
-    photos = [e.name for e in heldout_images(DataConfig(source="offline"))]
+    try:
+        entries = folder_images(a.heldout)[0] if a.heldout else heldout_images(DataConfig(source="offline"))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--heldout: {e}") from None
+    photos = [e.name for e in entries]
     print(f"held-out photos ({len(photos)}, {a.crops} crop(s) each): {', '.join(photos)}\n")
     print("| checkpoint | init | tokens | PSNR (dB) | SSIM | ST-LPIPS |")
     print("|---|---|---|---|---|---|")
@@ -69,7 +76,7 @@ def main() -> None:
         if init not in ("adaptive", "uniform"):
             raise SystemExit(f"{spec}: expected PATH:adaptive, PATH:uniform or bicubic")
         for n in a.tokens:
-            s = evaluate(path, init, n, a.crops, lpips)
+            s = evaluate(path, init, n, a.crops, lpips, entries)
             rows.append({"checkpoint": path, "init": init if path != "bicubic" else None, "tokens": n, **s})
             lp = f"{s['st-lpips']:.4f}" if "st-lpips" in s else "n/a"
             print(f"| {path} | {init if path != 'bicubic' else '-'} | {n} | {s['psnr']:.2f} | {s['ssim']:.4f} | {lp} |",
