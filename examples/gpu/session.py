@@ -13,9 +13,10 @@ phase does not use goes to the later ones:
 
 * ``setup``: the native partition (the pack's stable-ABI build, else one compiled with the
   machine's C compiler, else the pure-torch path), checked against the pure-torch partition;
-* ``tests``: the CUDA render / partition / kernel tests on the real Triton kernels;
-* ``half``: float16 and bfloat16 reconstruction against float32 on the held-out crops, and the
-  float32 re-decode of a non-finite half-precision decode (forced);
+* ``tests``: the render, backend and histogram-kernel tests, on CUDA with the real Triton kernels;
+* ``half``: float16 and bfloat16 reconstruction against float32 on the held-out crops, the
+  float32 re-decode of a non-finite half-precision decode (forced), and the partition of CUDA
+  images against the CPU one;
 * ``train``: the embedded light tokenizer continued from the shipped weights
   (``examples/configs/tiny_tokenizer_light_gpu.json``, photos from the pack); a probe measures
   steps/s, then the run resumes with ``max_steps`` set so that its cosine schedule ends with the box;
@@ -317,9 +318,9 @@ class Phases:
 
     # ---------------------------------------------------------------- tests
     def tests(self, box: float) -> dict[str, Any]:
-        files = (["tests/test_backends.py"] if self.tiny else
-                 ["tests/test_render.py", "tests/test_partition.py", "tests/test_backends.py",
-                  "tests/test_kernels_compile.py", "tests/test_tiled.py"])
+        files = (["tests/test_backends.py"] if self.tiny else  # the tests that run CUDA code when it is there
+                 ["tests/test_render.py", "tests/test_backends.py",
+                  "tests/test_partition.py::test_hist_kernel_matches_torch_twin"])
         cap = self.s.work / "tests.out"
         env = {} if self.tiny else {"GPSTOKEN_TEST_NO_INTERPRET": "1"}
         rc = self.s.sh([self.py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], box, capture=cap, env=env)
@@ -338,7 +339,8 @@ class Phases:
                              "tiny" if self.tiny else "full"], box)
         for row in res["dtypes"]:
             self.s.say(f"half: {row}")
-        self.s.say(f"half: forced non-finite decode: {res['forced_fallback']}")
+        self.s.say(f"half: forced non-finite decode: {res['forced_fallback']}; partition on {self.device} equals "
+                   f"the CPU one: {res['partition_on_device_equal']}")
         return res
 
     # ---------------------------------------------------------------- training
@@ -516,9 +518,11 @@ def half_check() -> None:
     cuda = device.type == "cuda"
     images = torch.cat([to_tensor(Image.open(p))[0] for p in sorted(folder.glob("*.png"))])
     layout = gpstoken.partition(images, 128)
+    on_device = gpstoken.partition(images.to(device), 128)  # the torch path (+ Triton histogram on CUDA)
+    out: dict[str, Any] = {"partition_on_device_equal": bool(torch.equal(on_device.regions.cpu(), layout.regions))}
     dtypes = ["float32", "bfloat16", "float16"] if cuda else ["float32"] + (["bfloat16"] if native_cpu_bfloat16()
                                                                              else [])
-    out: dict[str, Any] = {"dtypes": []}
+    out["dtypes"] = []
 
     def reconstruct(tok) -> tuple[torch.Tensor, list[str]]:
         with warnings.catch_warnings(record=True) as caught:
@@ -608,7 +612,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name in ("heldout.md", "bench.md"):
         if (out / name).is_file():
             print(f"\n{name}:\n{(out / name).read_text()}")
-    print(json.dumps({k: summary[k] for k in ("phases", "files", "seconds")}, indent=1, default=str))
+    print(f"\nsession: {summary['seconds']:.0f} s; files in {out}: {', '.join(summary['files'])}")
+    for name, rec in summary["phases"].items():  # one line each (the tool shows the output's tail)
+        brief = {k: v for k, v in rec.items() if k not in ("rows", "box_s")}
+        print(f"{name}: {json.dumps(brief, default=str)[:600]}")
     return 0 if all(r.get("status") == "ok" for r in summary["phases"].values()) else 1
 
 
