@@ -100,21 +100,31 @@ def write_classes(folder: Path) -> list[str]:
     return names
 
 
+def compile_native(out: Path) -> Path:
+    """Compile ``gpstoken/csrc/cpartition.c`` for CPython's stable ABI (``Py_LIMITED_API`` 3.11, so
+    any CPython >= 3.11 loads it) into ``out/_cpartition.abi3.so`` with the flags of
+    ``pyproject.toml``'s extension module; ``$CC`` or ``cc``. Raises ImportError (Python 3.10: no
+    ``tomllib``), OSError or ``subprocess.CalledProcessError`` (its stderr kept) when that fails."""
+    import tomllib
+
+    ext = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["ext-modules"][0]
+    target = out / "_cpartition.abi3.so"
+    cmd = [os.environ.get("CC", "cc"), *ext["extra-compile-args"], *ext.get("extra-link-args", []), "-shared",
+           "-fPIC", "-DPy_LIMITED_API=0x030B0000", f"-I{sysconfig.get_paths()['include']}",
+           *(str(REPO / src) for src in ext["sources"]), "-o", str(target)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return target
+
+
 def build_native(out: Path) -> str | None:
-    """Compile ``gpstoken/csrc/cpartition.c`` for the stable ABI (``Py_LIMITED_API`` 3.11) into
-    ``out``; returns the file name, or None (with a note) without a working C compiler."""
-    cc = os.environ.get("CC", "cc")
-    cmd = [cc, "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-pthread", "-shared", "-fPIC",
-           "-DPy_LIMITED_API=0x030B0000", f"-I{sysconfig.get_paths()['include']}",
-           str(REPO / "gpstoken" / "csrc" / "cpartition.c"), "-o", str(out / "_cpartition.abi3.so")]
+    """:func:`compile_native` into ``out``; the file name, or None (with a note) when it fails."""
     try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError) as e:
+        return compile_native(out).name
+    except (ImportError, OSError, subprocess.CalledProcessError) as e:
         detail = getattr(e, "stderr", "") or str(e)
         print(f"prepare: note: no stable-ABI native partition ({detail.strip()[:300]}); the session will try the "
               "device's compiler, then the pure-torch partition", file=sys.stderr)
         return None
-    return "_cpartition.abi3.so"
 
 
 def travel_bytes(extra: Path) -> int:

@@ -288,8 +288,7 @@ class Phases:
         start = self.s.clock()
         res = self._json_of(["-c", check], 0.6 * box)
         if not res["native"]:
-            left = box - (self.s.clock() - start)
-            how, placed = self._compile_native(left / 3)
+            how, placed = self._compile_native()
             res = self._json_of(["-c", check], box - (self.s.clock() - start)) if placed else res
         if res["native"] and not res["equal"]:
             if placed is None:
@@ -301,19 +300,15 @@ class Phases:
         self.s.say(f"partition: {how}")
         return {"partition": how, **info}
 
-    def _compile_native(self, box: float) -> tuple[str, Optional[Path]]:
+    def _compile_native(self) -> tuple[str, Optional[Path]]:
         """Compile the native partition with this machine's C compiler: (how, the file or None)."""
-        import sysconfig
-
-        target = REPO / "gpstoken" / f"_cpartition{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
-        cmd = [os.environ.get("CC", "cc"), "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
-               "-pthread", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}",
-               str(REPO / "gpstoken" / "csrc" / "cpartition.c"), "-o", str(target)]
+        spec = importlib.util.spec_from_file_location("gpu_prepare", Path(__file__).with_name("prepare.py"))
+        prepare = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(prepare)
         try:
-            if self.s.sh(cmd, box) == 0:
-                return "native (compiled on this machine)", target
-        except (OSError, PhaseTimeout) as e:
-            self.s.log(f"compiling the native partition failed: {e}")
+            return "native (compiled on this machine)", prepare.compile_native(REPO / "gpstoken")
+        except (ImportError, OSError, subprocess.CalledProcessError) as e:
+            self.s.log(f"compiling the native partition failed: {getattr(e, 'stderr', '') or e}")
         return "torch", None
 
     # ---------------------------------------------------------------- tests
