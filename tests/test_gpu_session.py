@@ -38,7 +38,7 @@ def test_budget_split_fits_the_budget_gives_training_most_and_respects_floors():
         assert sum(boxes.values()) <= 60 * minutes - session.RESERVE_S + 1e-6
         assert all(boxes[p] >= session.FLOORS[p] - 1e-6 for p in boxes), boxes
         assert max(boxes, key=boxes.get) == "train"
-    assert _split(540)["train"] > 0.5 * 540
+    assert _split(540)["train"] > 0.45 * 540  # and more when the checks before it finish early
     with pytest.raises(ValueError, match="unknown name"):
         session.phase_box(100, "train", ["nope"])
 
