@@ -22,17 +22,13 @@ class CLIError(Exception):
     """A failure the CLI reports as one line (problem and fix)."""
 
 
-def _open_image(path: str) -> Image.Image:
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"input image not found: {p}; check the path")
-    if not p.is_file():
-        raise CLIError(f"input {p} is a folder, not an image file; give an image file")
+def _open_image(path: str, name: str = "input") -> Image.Image:
+    from .images import open_image
+
     try:
-        with Image.open(p) as im:
-            return im.convert("RGB")
-    except OSError as e:
-        raise CLIError(f"cannot read image {p} ({e}); give a PNG, JPEG or other image PIL can open") from e
+        return open_image(path, name)
+    except (OSError, ValueError) as e:
+        raise CLIError(str(e)) from e
 
 
 def _save_image(img: Image.Image, path: str) -> None:
@@ -49,6 +45,8 @@ def _check_outputs(*paths: Optional[str]) -> None:
 def _load_tokens(path: str):
     from .tokens import GPSTokens
 
+    if Path(path).is_dir():
+        raise CLIError(f"{path} is a folder, not a token file; give a .gpst file (make one with gpstoken encode)")
     if not Path(path).is_file():
         raise CLIError(f"token file not found: {path}; check the path (make one with gpstoken encode)")
     return GPSTokens.load(path)
@@ -68,8 +66,9 @@ def _cmd_reconstruct(a: argparse.Namespace) -> None:
 def _cmd_encode(a: argparse.Namespace) -> None:
     import gpstoken
 
-    if Path(a.output).is_dir():
-        raise CLIError(f"{a.output} is a folder; give a token file name inside it, e.g. {Path(a.output) / 'x.gpst'}")
+    from .tokens import token_file
+
+    token_file(a.output, "-o")
     tokens = gpstoken.encode(_open_image(a.input), a.tokens, model=a.model, device=a.device)
     path = tokens.save(a.output)
     print(f"wrote {path} ({tokens.geometry.shape[1]} tokens, model {tokens.model})")
@@ -87,15 +86,18 @@ def _cmd_show(a: argparse.Namespace) -> None:
 
     _check_outputs(a.output)
     tokens = _load_tokens(a.input)
-    _save_image(tokens.draw(_open_image(a.image) if a.image else None), a.output)
+    _save_image(tokens.draw(_open_image(a.image, "--image") if a.image else None), a.output)
 
 
 def _cmd_generate(a: argparse.Namespace) -> None:
     import gpstoken
 
-    out = Path(a.output)
+    from .io import output_folder
+
+    out = output_folder(a.output, "-o")
     gen = gpstoken.load_generator(a.model, device=a.device)
-    class_id = gen.class_index(int(a.class_id) if a.class_id.strip().isdigit() else a.class_id)
+    number = a.class_id.strip().removeprefix("-").isdigit()
+    class_id = gen.class_index(int(a.class_id) if number else a.class_id)
     images = gpstoken.generate(class_id, n=a.n, seed=a.seed, cfg_scale=a.cfg_scale, steps=a.steps,
                                sampler=a.sampler, guidance_interval=a.guidance_interval, model=gen)
     for i, img in enumerate(images):
@@ -112,7 +114,14 @@ def _cmd_models(a: argparse.Namespace) -> None:
             print(f"{name:26s} {spec.kind:10s} {where:45s} {spec.description}")
         print("gpstoken models NAME: details of one model (a generator's classes and sampling defaults)")
         return
-    spec = hub.get_spec(a.name)
+    if a.name == "default":  # one model per kind
+        for kind in hub.KINDS:
+            _show_model(hub.get_spec("default", kind))
+        return
+    _show_model(hub.get_spec(a.name))
+
+
+def _show_model(spec) -> None:
     print(f"{spec.name}: {spec.description}")
     if not spec.embedded:
         print(f"  file: {spec.repo_id}:{spec.filename} (revision {spec.revision})")
@@ -338,8 +347,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        done = ("the last complete checkpoint is kept; continue with --resume" if args.command == "train"
-                else "no partial output was written")
+        done = {"train": "the last complete checkpoint is kept; continue with --resume",
+                "tokenize": "the finished shards are kept; rerun the same command to resume"}.get(
+                    args.command, "no partial output was written")
         print(f"gpstoken {args.command}: interrupted ({done})", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the CLI reports every failure as one line

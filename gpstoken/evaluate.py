@@ -36,9 +36,9 @@ from .hub import portable_id
 from .image_dataset import PreparedImages, Processes, job_batches
 from .images import MIN_SIDE, to_uint8
 from .inception import load_inception
-from .io import atomic_path, write_safetensors, write_text
+from .io import atomic_path, output_folder, write_safetensors, write_text
 from .metrics import STLPIPS, STLPIPS_INSTALL, FeatureMoments, frechet_distance, psnr, ssim, stlpips_available
-from .pipeline import Tokenizer, load_tokenizer
+from .pipeline import Tokenizer, load_tokenizer, pick_device
 from .pretokenize import PREPROCESSING, check_int, check_token_count, encode_batch
 from .sources import open_source
 
@@ -107,9 +107,10 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     batch_size = check_int(batch_size, "--batch-size", 1)
     if num_workers is not None:
         num_workers = check_int(num_workers, "--workers", 0)
+    output_folder(out, "--out")
     procs = Processes.from_env()
     source = open_source(src, split=split, image_column=image_column)
-    dev = torch.device(device) if device is not None else procs.device()
+    dev = pick_device(device) if device is not None else procs.device()
     dtype = "bfloat16" if dev.type == "cuda" else None
     toks = [load_tokenizer(m, device=dev, dtype=dtype) for m in models]
     if fid_features is not None:

@@ -13,16 +13,20 @@ The model convention is ``float32 [B,3,H,W]`` RGB in ``[-1, 1]``. Accepted input
 
 The checks are :func:`gpstoken.validate.image_tensor` and :func:`gpstoken.validate.numpy_image`.
 This module owns the 8-bit conversions every other module calls: :func:`from_uint8` (pixels ->
-``[-1,1]``, computed in float64 like the official code) and :func:`to_uint8` (back).
+``[-1,1]``, computed in float64 like the official code) and :func:`to_uint8` (back), and the
+reading of image files: :func:`open_image` (the CLI's inputs: EXIF orientation applied, 16-bit
+kept) and :func:`to_rgb8` (any PIL mode -> 8-bit RGB for the dataset and studio readers).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import validate
 from .geometry import PATCH, patch_grid, split_patches
@@ -96,6 +100,40 @@ def _from_pil(img: Image.Image, name: str) -> torch.Tensor:
     return _from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8), name)
 
 
+def to_rgb8(img: Image.Image, name: str = "image") -> Image.Image:
+    """A PIL image of any mode -> 8-bit RGB, reading 16-bit and float grey the way
+    :func:`to_tensor` does (a plain ``convert("RGB")`` clips 16-bit values to white and float
+    ``[0, 1]`` values to black)."""
+    if img.mode in _PIL_16BIT or img.mode == "F":
+        return Image.fromarray(to_uint8(_from_pil(img, name)).permute(1, 2, 0).numpy())
+    return img.convert("RGB")
+
+
+def open_image(path: str | os.PathLike, name: str = "image", *, orient: bool = True) -> Image.Image:
+    """An image file -> a loaded PIL image that :func:`to_tensor` reads right: 16-bit and float
+    grey keep their mode, every other mode becomes RGB (alpha dropped).
+
+    orient: apply the EXIF orientation, so the pixels stand the way image viewers show the
+    file. Raises FileNotFoundError / IsADirectoryError / ValueError (not an image, truncated,
+    or more pixels than PIL's decompression-bomb limit) naming ``name`` and the fix.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{name}: image not found: {p}; check the path")
+    if p.is_dir():
+        raise IsADirectoryError(f"{name}: {p} is a folder, not an image file; give an image file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            out = ImageOps.exif_transpose(im) if orient else im.copy()
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{name}: {p} has too many pixels to open safely ({e}); downscale it first, or raise "
+                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{name}: cannot read image {p} ({e}); give a PNG, JPEG or other image PIL can open") from None
+    return out if out.mode in _PIL_16BIT or out.mode == "F" else out.convert("RGB")
+
+
 def to_tensor(image: Any, name: str = "image") -> tuple[torch.Tensor, ImageKind]:
     """Convert any accepted image input to ``float32 [B,3,H,W]`` in ``[-1,1]``.
 
@@ -119,6 +157,9 @@ def to_tensor(image: Any, name: str = "image") -> tuple[torch.Tensor, ImageKind]
     elif isinstance(image, torch.Tensor):
         kind = ImageKind("tensor", image.ndim == 4)
         x = validate.image_tensor(image, name)
+    elif isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"{name}: got the file name {str(image)!r}; gpstoken takes images, not paths: pass "
+                        f"gpstoken.images.open_image({str(image)!r}) (or a PIL image, numpy array or torch tensor)")
     else:
         raise TypeError(
             f"{name}: expected a PIL image, numpy array, torch tensor or a list of them, "

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 
 __all__ = ["atomic_path", "partial_dir", "commit_dir", "atomic_dir", "write_safetensors", "image_format",
-           "save_image", "write_text", "IMAGE_SUFFIXES"]
+           "output_folder", "save_image", "write_text", "IMAGE_SUFFIXES"]
 
 #: file name suffixes :func:`save_image` writes, mapped to the PIL format name
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
@@ -125,6 +125,15 @@ def image_format(path: str | os.PathLike) -> str:
     if fmt is None:
         raise ValueError(f"{path}: unknown image file extension {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}")
     return fmt
+
+
+def output_folder(path: str | os.PathLike, name: str) -> Path:
+    """An output folder (made later by its writer): refused when ``path`` exists and is not a
+    folder (ValueError naming ``name``). Cheap: check outputs before the work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name}: {path} is a file, but this output is a folder; give a folder name (it is created)")
+    return path
 
 
 def save_image(image: Any, path: str | os.PathLike) -> Path:

@@ -31,9 +31,10 @@ from . import hub, shards
 from .geometry import GEOMETRY, PATCH, REGION, patch_grid
 from .image_dataset import PreparedImages, Processes, job_batches
 from .images import MIN_SIDE
+from .io import output_folder
 from .layout import Layout
 from .partition import max_cells
-from .pipeline import Tokenizer, load_tokenizer
+from .pipeline import Tokenizer, load_tokenizer, pick_device
 from .pipeline.devices import fast_dtype
 from .sources import open_source
 from .tokens import GPSTokens
@@ -101,9 +102,10 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
     shard_size = check_int(shard_size, "--shard-size", 1)
     if num_workers is not None:
         num_workers = check_int(num_workers, "--workers", 0)
+    output_folder(out, "OUT")
     procs = Processes.from_env()
     source = open_source(src, split=split, image_column=image_column, labeled=labeled)
-    dev = torch.device(device) if device is not None else procs.device()
+    dev = pick_device(device) if device is not None else procs.device()
     if dtype not in (None, "auto", "float32", "bfloat16"):
         raise ValueError(f"--dtype: expected auto, float32 or bfloat16, got {dtype!r}")
     tok = load_tokenizer(model, device=dev, dtype=fast_dtype(dev) if dtype in (None, "auto") else dtype)

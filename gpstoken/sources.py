@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 from PIL import Image
 
+from .images import to_rgb8
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 LIST_EXTENSIONS = (".txt", ".lst")
 
@@ -37,7 +39,7 @@ def image_files(root: Path) -> list[Path]:
 def _open_rgb(path: str) -> Image.Image:
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb8(im, path)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImage(f"cannot decode {path}: {e}") from None
 
@@ -75,7 +77,7 @@ class ImageSource:
             return _open_rgb(value["path"])
         if not isinstance(value, Image.Image):
             raise UnreadableImage(f"row {i}: column {self._column!r} holds {type(value).__name__}, not an image")
-        return value.convert("RGB")
+        return to_rgb8(value, f"row {i}")
 
 
 def _from_list_file(path: Path) -> ImageSource:
@@ -120,6 +122,10 @@ def _from_datasets(src: str, split: str, image_column: Optional[str]) -> ImageSo
         else:
             ds = datasets.load_dataset(src, split=split)
     except Exception as e:  # datasets raises many kinds (FileNotFoundError, ConnectionError, DatasetNotFoundError)
+        if not Path(src).exists():
+            raise ValueError(f"SRC: no folder or file {src!r} exists here, and as a Hub dataset name it cannot be "
+                             f"opened ({e}); check the path (SRC is a folder of images, a .txt list of paths or a "
+                             "datasets dataset)") from None
         raise ValueError(f"SRC: cannot open the dataset {src!r}: {e}") from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:

@@ -25,12 +25,25 @@ from safetensors import SafetensorError, safe_open
 from . import validate
 from .geometry import GEOMETRY
 from .images import ImageKind
-from .io import write_safetensors
+from .io import IMAGE_SUFFIXES, write_safetensors
 from .layout import Layout, draw_gaussians
 
 FORMAT = "gpst"
 FORMAT_VERSION = 1
 _TENSORS = ("geometry", "features", "layout.geometry", "layout.regions")
+
+
+def token_file(path: str | os.PathLike, name: str = "path") -> Path:
+    """An output path for a token file: not a folder, not an image name (a ``.gpst`` file is
+    not a picture: decode it for one). Cheap: check outputs before the work."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{name}: {path} is a folder; give a token file name inside it, "
+                                f"e.g. {path / 'x.gpst'}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise ValueError(f"{name}: {path} is an image file name, but token files are not images; name it "
+                         f"{path.with_suffix('.gpst')} (decode the tokens for a picture)")
+    return path
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,8 +163,10 @@ class GPSTokens:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the tokens to one safetensors file (``.gpst`` recommended), atomically.
 
-        Returns the path written; a missing folder is created (:mod:`gpstoken.io`).
+        Returns the path written; a missing folder is created (:mod:`gpstoken.io`). A folder or
+        an image file name (``.png``, ...) is refused (:func:`token_file`).
         """
+        path = token_file(path)
         tensors = {
             "geometry": self.geometry,
             "features": self.features,
@@ -177,6 +192,8 @@ class GPSTokens:
         inconsistent.
         """
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"load: {path} is a folder, not a token file; give the .gpst file")
         if not path.is_file():
             raise FileNotFoundError(f"load: no such token file: {path}")
         try:

@@ -42,7 +42,7 @@ def test_cli_encode_decode_show_reconstruct(tmp_path, small):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["reconstruct", "{tmp}/nope.png", "-o", "{tmp}/x.png"], "input image not found: .*nope.png; check the path"),
+    (["reconstruct", "{tmp}/nope.png", "-o", "{tmp}/x.png"], "input: image not found: .*nope.png; check the path"),
     (["reconstruct", "{tmp}/junk.png", "-o", "{tmp}/x.png"], "cannot read image .*junk.png .*give a PNG"),
     (["reconstruct", SRC, "-o", "{tmp}"], "is a folder; give an image file name inside it"),
     (["reconstruct", SRC, "-o", "{tmp}/x.pgnn"], "unknown image file extension '.pgnn'; use one of"),
@@ -51,13 +51,31 @@ def test_cli_encode_decode_show_reconstruct(tmp_path, small):
     (["reconstruct", SRC, "-o", "{tmp}/x.png", "--device", "tpu9"], "'tpu9' is not a device name"),
     (["decode", "{tmp}/missing.gpst", "-o", "{tmp}/x.png"], "token file not found: .*missing.gpst"),
     (["decode", "{tmp}/junk.png", "-o", "{tmp}/x.png"], "is not a .gpst token file"),
+    # found by the new-user audit (session 5)
+    (["encode", SRC, "-o", "{tmp}/x.png"], "-o: .*x.png is an image file name, but token files are not images; "
+                                           "name it .*x.gpst"),
+    (["decode", "{tmp}", "-o", "{tmp}/x.png"], "is a folder, not a token file; give a .gpst file"),
+    (["reconstruct", SRC, "-o", "{tmp}/x.png", "--device", "mps"], "device: 'mps' is a mps device; .*use 'cpu'"),
+    (["reconstruct", "{tmp}/bomb.png", "-o", "{tmp}/x.png"], "input: .*bomb.png has too many pixels to open safely "
+                                                             ".*downscale it first"),
+    (["generate", "--class", "0", "-o", "{tmp}/junk.png"], "-o: .*junk.png is a file, but this output is a folder"),
+    (["tokenize", "{tmp}", "{tmp}/junk.png", "--tokens", "16"], "OUT: .*junk.png is a file, but this output is a "
+                                                                "folder"),
+    (["eval", "{tmp}", "-o", "{tmp}/junk.png"], "--out: .*junk.png is a file, but this output is a folder"),
+    (["convert", "{tmp}/junk.png", "{tmp}/x.safetensors", "--trust"], "src: .*junk.png is not a PyTorch checkpoint "
+                                                                      "\\(neither a torch zip file nor a pickle\\)"),
+    (["models", "gpstoken-tny"], "unknown pretrained checkpoint 'gpstoken-tny' \\(did you mean 'gpstoken-tiny'"),
+    (["train", "tokenizer", "--config", "{tmp}/junk.png"], "config: .*junk.png is not a JSON file"),
 ])
-def test_failures_are_one_line_with_the_fix(tmp_path, capsys, argv, expected):
+def test_failures_are_one_line_with_the_fix(tmp_path, capsys, monkeypatch, argv, expected):
     import torch
 
     if "cuda" in argv and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     (tmp_path / "junk.png").write_bytes(b"not an image")
+    Image.new("L", (64, 64)).save(tmp_path / "bomb.png")
+    if "{tmp}/bomb.png" in argv:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # bomb.png is above twice the limit
     code, err = _run(capsys, *[a.format(tmp=tmp_path) for a in argv])
     assert code == 1
     assert _one_line(err).startswith(f"gpstoken {argv[0]}: error: ")
@@ -104,3 +122,45 @@ def test_cli_lists_the_registered_models(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "gpstoken-m128" in out and "xtudbxk/GPSToken" in out and "gpstoken-tiny" in out
+
+
+def test_a_sixteen_bit_grey_png_is_read_as_sixteen_bit(tmp_path):
+    """The CLI reads the file the way the Python API reads the PIL image (it once clipped
+    16-bit values to white with convert("RGB"))."""
+    import numpy as np
+
+    import gpstoken
+
+    grey = np.asarray(Image.open(SRC).convert("L").resize((64, 64)))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    assert cli.main(["encode", str(tmp_path / "g16.png"), "-o", str(tmp_path / "a.gpst"), "--tokens", "16"]) == 0
+    want = gpstoken.encode(Image.fromarray(grey), 16)
+    got = gpstoken.GPSTokens.load(tmp_path / "a.gpst")
+    torch = pytest.importorskip("torch")
+    torch.testing.assert_close(got.features, want.features, atol=1e-4, rtol=1e-4)
+
+
+def test_models_default_shows_the_default_of_each_kind(capsys):
+    assert cli.main(["models", "default"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gpstoken-tiny: ") and "\ngpstoken-tiny-generator: " in out and "16 classes" in out
+
+
+def test_a_negative_class_index_is_out_of_range(tmp_path, capsys):
+    code, err = _run(capsys, "generate", "--class", "-1", "-o", str(tmp_path / "g"), "--steps", "2")
+    assert code == 1 and "class_id: -1 is out of range" in _one_line(err) and not (tmp_path / "g").exists()
+
+
+def test_interrupted_tokenize_says_how_to_resume(monkeypatch, capsys, tmp_path):
+    def interrupted(a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_tokenize", interrupted)
+    code, err = _run(capsys, "tokenize", str(tmp_path), str(tmp_path / "out"), "--tokens", "16")
+    assert code == 130 and "the finished shards are kept; rerun the same command to resume" in _one_line(err)
+
+
+def test_train_config_values_of_the_wrong_kind_name_the_field(tmp_path, capsys):
+    (tmp_path / "c.json").write_text('{"max_steps": "many"}')
+    code, err = _run(capsys, "train", "tokenizer", "--config", str(tmp_path / "c.json"))
+    assert code == 1 and "TokenizerTrainConfig.max_steps: expected an integer, got 'many'" in _one_line(err)

@@ -250,3 +250,14 @@ def test_process_layout_shares_the_cores(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")
     with pytest.raises(ValueError, match="LOCAL_WORLD_SIZE=0 must be >= 1"):
         Processes.from_env()
+
+
+def test_a_missing_source_folder_is_named_as_such(tmp_path, monkeypatch):
+    """A mistyped folder is not reported as an unreachable Hub dataset only."""
+    _datasets()
+    from gpstoken.sources import open_source
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="SRC: no folder or file 'photoz' exists here, .*check the path"):
+        open_source("photoz")

@@ -72,6 +72,8 @@ def test_save_keeps_feature_dtype_and_replaces_atomically(tmp_path):
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such token file"):
         GPSTokens.load(tmp_path / "missing.gpst")
+    with pytest.raises(IsADirectoryError, match="load: .* is a folder, not a token file; give the .gpst file"):
+        GPSTokens.load(tmp_path)
     junk = tmp_path / "junk.gpst"
     junk.write_bytes(b"\x00" * 5 + b"not safetensors at all")
     with pytest.raises(ValueError, match="not a valid safetensors file"):
@@ -102,3 +104,14 @@ def test_draw_uses_refined_geometry():
     moved = GPSTokens(t.geometry * torch.tensor([0.5, 0.5, 1, 1, 1]), t.features, t.image_size, t.layout, t.model)
     assert not np.array_equal(np.asarray(moved.draw()), np.asarray(pic))
     assert not np.array_equal(np.asarray(t.layout.draw()), np.asarray(pic))  # layout = initial Gaussians
+
+
+def test_save_refuses_a_folder_and_image_names_before_writing(tmp_path):
+    t = _tokens()
+    with pytest.raises(ValueError, match=r"path: .*x.PNG is an image file name, but token files are not images; "
+                                         r"name it .*x.gpst"):
+        t.save(tmp_path / "x.PNG")
+    with pytest.raises(IsADirectoryError, match="path: .* is a folder; give a token file name inside it"):
+        t.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert GPSTokens.load(t.save(tmp_path / "x")).image_size == (300, 500)  # any other name is fine

@@ -284,3 +284,48 @@ def test_models_do_not_validate_per_render(monkeypatch):
     assert calls == []
     gpstoken.render(tokens[..., :5], tokens[..., 5:], (8, 8))
     assert calls == [1]
+
+
+def test_devices_other_than_cpu_and_cuda_are_refused_with_the_fix():
+    from gpstoken.pipeline import pick_device
+
+    for name in ("meta", "mps"):
+        with pytest.raises(ValueError, match=f"device: '{name}' is a {name} device; .*use 'cpu', 'cuda' or 'cuda:N'"):
+            pick_device(name)
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+def test_class_ids_may_be_numpy_integers():
+    gen = gpstoken.load_generator("default")
+    assert gen.class_index(np.int64(3)) == 3 and type(gen.class_index(np.int32(3))) is int
+    with pytest.raises(TypeError, match="class_id: expected an int or a class name"):
+        gen.class_index(np.float64(3))
+
+
+def test_a_mistyped_model_name_gets_the_close_registry_names():
+    with pytest.raises(ValueError, match=r"name_or_path: 'gpstoken-tny' is not a registry name \(did you mean "
+                                         r"'gpstoken-tiny'"):
+        gpstoken.load_tokenizer("gpstoken-tny")
+    with pytest.raises(ValueError, match=r"kind: 'default' names one model per kind, 'gpstoken-tiny' \(tokenizer\)"):
+        gpstoken.hub.get_spec("default")
+
+
+def test_config_values_must_have_the_declared_kind():
+    from dataclasses import dataclass
+
+    from gpstoken.validate import config_values
+
+    @dataclass
+    class Config:
+        steps: int = 1
+        lr: float = 1e-3
+        flip: bool = True
+        name: str = "x"
+        model: "str | dict" = "m"
+
+    config_values(Config, {"steps": 2, "lr": 1, "flip": False, "name": "y", "model": {"depth": 2}}, "cfg")
+    for field, value, what in (("steps", "many", "an integer"), ("steps", 2.0, "an integer"),
+                               ("lr", "1e-4", "a number"), ("flip", 1, "true or false"), ("name", 3, "a string"),
+                               ("steps", True, "an integer")):
+        with pytest.raises(TypeError, match=f"cfg.{field}: expected {what}, got {value!r}"):
+            config_values(Config, {field: value}, "cfg")

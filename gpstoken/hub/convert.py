@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from ..checkpoint import CheckpointFormatError, CheckpointNotFoundError
+from ..checkpoint import CheckpointFormatError, CheckpointNotFoundError, is_pickle
 from ..io import write_safetensors
 
 _NESTED_KEYS = ("state_dict", "model", "ema", "model_ema", "ema_model", "module", "net")
@@ -57,10 +57,14 @@ def convert_checkpoint(
     src = Path(src)
     if not src.is_file():
         raise CheckpointNotFoundError(f"convert_checkpoint: source file not found: {src}")
+    if not is_pickle(src):
+        raise CheckpointFormatError(f"src: {src} is not a PyTorch checkpoint (neither a torch zip file nor a pickle); "
+                                    "give the .pt / .pth / .ckpt file the official code saved (safetensors files "
+                                    "load as they are)")
     if not trust:
         raise CheckpointFormatError(
             f"refusing to unpickle {src}: pickle files can run arbitrary code. If it comes from a "
-            "source you trust, call convert_checkpoint(src, dst, trust=True)"
+            "source you trust, call convert_checkpoint(src, dst, trust=True) (gpstoken convert --trust)"
         )
     try:
         obj = torch.load(src, map_location="cpu", weights_only=True)

@@ -9,6 +9,7 @@ Any entry can be overridden with :func:`register` (``overwrite=True``).
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,14 +124,23 @@ def list_pretrained(kind: str | None = None) -> list[str]:
     return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
 
 
+def close_names(name: str, kind: str | None = None) -> str:
+    """A " (did you mean ...?)" hint of the registry names close to a mistyped ``name``, or ""."""
+    close = difflib.get_close_matches(str(name), [*list_pretrained(kind), "default"], n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def get_spec(name: str, kind: str | None = None) -> PretrainedSpec:
     """The registry entry ``name`` (``"default"`` needs ``kind``); ValueError when unknown."""
     if name == "default":
         if kind not in KINDS:
-            raise ValueError(f"kind: 'default' needs kind in {KINDS}, got {kind!r}")
+            names = " and ".join(f"{DEFAULTS[k]!r} ({k})" for k in KINDS)
+            raise ValueError(f"kind: 'default' names one model per kind, {names}; pass kind= one of {KINDS}, "
+                             "or the model's own name")
         name = DEFAULTS[kind]
     if name not in _REGISTRY:
-        raise ValueError(f"unknown pretrained checkpoint {name!r}; registered: {list_pretrained()}")
+        raise ValueError(f"unknown pretrained checkpoint {name!r}{close_names(name)}; registered: "
+                         f"{list_pretrained()}")
     spec = _REGISTRY[name]
     if kind is not None and spec.kind != kind:
         raise ValueError(f"{name!r} is a {spec.kind} checkpoint, not a {kind}; {kind}s: {list_pretrained(kind)}")

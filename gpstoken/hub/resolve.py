@@ -19,7 +19,7 @@ from ..checkpoint import (
 )
 from .arch import _arch_config, infer_tokenizer_arch
 from .download import _download, parse_hub_id
-from .registry import _REGISTRY, PretrainedSpec, get_spec, list_pretrained
+from .registry import _REGISTRY, PretrainedSpec, close_names, get_spec, list_pretrained
 
 _WEIGHTS_PACKAGE = "gpstoken"
 _WEIGHTS_FOLDER = "weights"
@@ -176,8 +176,8 @@ def resolve(name_or_path: str | os.PathLike, kind: str = "tokenizer", *, arch: s
         repo_id, revision, filename = parse_hub_id(text)
     except ValueError:
         raise ValueError(
-            f"name_or_path: {text!r} is not a registry name ({list_pretrained(kind)} or 'default'), "
-            "a Hub id 'owner/repo[@revision][:filename]', nor an existing local file or folder"
+            f"name_or_path: {text!r} is not a registry name{close_names(text, kind)} ({list_pretrained(kind)} or "
+            "'default'), a Hub id 'owner/repo[@revision][:filename]', nor an existing local file or folder"
         ) from None
     candidates = [s for s in _REGISTRY.values() if s.repo_id == repo_id and s.kind == kind]
     if filename is None:

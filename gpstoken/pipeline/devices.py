@@ -16,6 +16,9 @@ def pick_device(device: Optional[str | torch.device]) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device: {device!r} is not a device name ({e}); use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: {device!r} is a {dev.type} device; gpstoken runs on the CPU or on CUDA GPUs: use "
+                         "'cpu', 'cuda' or 'cuda:N'")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device: {device!r} asked for, but CUDA is not available on this machine "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
+from numbers import Integral
 from pathlib import Path
 from typing import Optional
 
@@ -96,7 +97,7 @@ class Generator:
         return hint
 
     def class_index(self, class_id: int | str) -> int:
-        """The class index of ``class_id``: an int in ``[0, num_classes)`` or a class name
+        """The class index of ``class_id``: an int (numpy ints too) in ``[0, num_classes)`` or a class name
         (case-insensitive). ValueError/TypeError naming the classes otherwise."""
         if isinstance(class_id, str):
             names = [n.lower() for n in self.class_names or []]
@@ -106,8 +107,9 @@ class Generator:
             if hits:
                 raise ValueError(f"class_id: {class_id!r} names several classes {hits}; pass the index")
             raise ValueError(f"class_id: {class_id!r} is not a class name of this generator; {self._classes_hint()}")
-        if isinstance(class_id, bool) or not isinstance(class_id, int):
+        if isinstance(class_id, bool) or not isinstance(class_id, Integral):
             raise TypeError(f"class_id: expected an int or a class name, got {class_id!r}")
+        class_id = int(class_id)  # numpy integers too
         if not 0 <= class_id < self.num_classes:
             raise ValueError(f"class_id: {class_id} is out of range; {self._classes_hint()}")
         return class_id

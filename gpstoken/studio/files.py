@@ -7,9 +7,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 import gpstoken
+from gpstoken.images import to_rgb8
 
 from .requests import StudioError
 
@@ -31,7 +32,7 @@ def read_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
                 raise StudioError(f"image too large: {w}x{h} pixels, the limit is {max_pixels / 1e6:.0f} "
                                   "megapixels", 413)
             probe.load()
-            return probe.convert("RGB")
+            return to_rgb8(ImageOps.exif_transpose(probe), name)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, StudioError):
             raise

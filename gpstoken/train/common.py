@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .. import validate
 from ..io import commit_dir, partial_dir, write_text
 from .data import DataConfig
 
@@ -99,13 +100,18 @@ class RunConfig:
         unknown = set(d) - names - {"kind", "$comment"}
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown config fields {sorted(unknown)}; known: {sorted(names)}")
+        validate.config_values(cls, d, cls.__name__)
         kw: dict[str, Any] = {k: (tuple(v) if k == "betas" else v) for k, v in d.items() if k in names}
         return cls(**kw)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike):
-        with open(path) as f:
-            d = json.load(f)
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"config: {path} is not a JSON file ({e}); fix it, or start from one in "
+                             "examples/configs/") from None
         if not isinstance(d, dict):
             raise ValueError(f"{path}: a train config must be a JSON object")
         return cls.from_dict(d)

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from .. import validate
 from ..geometry import PATCH
 from ..images import from_uint8, resize_short_side
 from .layouts import grid_or_none, grid_shape, layout_arrays, layout_cells, uniform_cells
@@ -119,6 +120,7 @@ def _dataclass_from_dict(cls, d: dict[str, Any], where: str):
     unknown = set(d) - names
     if unknown:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)}; known: {sorted(names)}")
+    validate.config_values(cls, d, where)
     return cls(**{k: tuple(v) if isinstance(v, list) and k != "n_tokens" else v for k, v in d.items()})
 
 

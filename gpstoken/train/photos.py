@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
+from ..images import to_rgb8
 from ..sources import IMAGE_EXTENSIONS, image_files
 
 #: scikit-image images used for training; in the labeled variant, class i is the i-th name.
@@ -83,7 +84,7 @@ def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
 def _file_loader(path: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return np.asarray(to_rgb8(im, path), dtype=np.uint8)
 
     return load
 

@@ -6,7 +6,9 @@ message starts with the argument's name.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
 
@@ -96,3 +98,23 @@ def size_pair(value: Any, name: str) -> tuple[int, int]:
     ):
         raise ValueError(f"{name}: expected a pair of positive ints (H, W), got {value!r}")
     return int(value[0]), int(value[1])
+
+
+def config_values(cls: type, values: Mapping[str, Any], where: str) -> None:
+    """Values read from a config file for the dataclass ``cls``: each field declared as exactly
+    ``bool``, ``int``, ``float`` or ``str`` must get a value of that kind (an int for a float is
+    fine); TypeError naming ``where.field``. Other fields (optional, unions, tuples, nested
+    configs) are the class's to check."""
+    kinds = {"bool": bool, "int": int, "float": float, "str": str}
+    for f in dataclasses.fields(cls):
+        kind = kinds.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if f.name not in values or kind is None:
+            continue
+        value = values[f.name]
+        if kind is bool or kind is str:
+            ok = isinstance(value, kind)
+        else:
+            ok = isinstance(value, Integral if kind is int else Real) and not isinstance(value, bool)
+        if not ok:
+            what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+            raise TypeError(f"{where}.{f.name}: expected {what}, got {value!r}")
