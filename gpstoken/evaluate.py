@@ -108,6 +108,9 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     if num_workers is not None:
         num_workers = check_int(num_workers, "--workers", 0)
     output_folder(out, "--out")
+    if fid_weights is not None and not Path(fid_weights).is_file():
+        raise FileNotFoundError(f"--fid-weights: no such file {fid_weights}; give torch-fidelity's Inception weights "
+                                "(weights-inception-2015-12-05-6726825d.pth), or leave it out")
     procs = Processes.from_env()
     source = open_source(src, split=split, image_column=image_column)
     dev = pick_device(device) if device is not None else procs.device()

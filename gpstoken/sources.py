@@ -149,7 +149,11 @@ def open_source(src: str | os.PathLike, *, split: str = "train", image_column: O
     classes (sorted names; ImageNet layout) gives each image its class index. Raises
     ValueError / FileNotFoundError naming SRC when it is empty or cannot be opened."""
     p = Path(src)
-    if p.is_dir() and not (p / "dataset_info.json").exists() and not (p / "dataset_dict.json").exists():
+    is_dataset = (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
+    if image_column is not None and (p.is_file() or (p.is_dir() and not is_dataset)):
+        raise ValueError(f"--image-column: {src} is a {'list file' if p.is_file() else 'folder'}, not a datasets "
+                         "dataset; leave --image-column out")
+    if p.is_dir() and not is_dataset:
         return _from_folder(p, labeled)
     if labeled:
         raise ValueError(f"--labeled: needs a folder with one sub-folder per class, got {src}")

@@ -62,6 +62,9 @@ def test_cli_encode_decode_show_reconstruct(tmp_path, small):
     (["tokenize", "{tmp}", "{tmp}/junk.png", "--tokens", "16"], "OUT: .*junk.png is a file, but this output is a "
                                                                 "folder"),
     (["eval", "{tmp}", "-o", "{tmp}/junk.png"], "--out: .*junk.png is a file, but this output is a folder"),
+    (["eval", "{tmp}", "-o", "{tmp}/ev", "--fid-weights", "{tmp}/none.pth"], "--fid-weights: no such file .*none.pth"),
+    (["tokenize", "{tmp}", "{tmp}/out", "--tokens", "16", "--image-column", "pic"],
+     "--image-column: .* is a folder, not a datasets dataset; leave --image-column out"),
     (["convert", "{tmp}/junk.png", "{tmp}/x.safetensors", "--trust"], "src: .*junk.png is not a PyTorch checkpoint "
                                                                       "\\(neither a torch zip file nor a pickle\\)"),
     (["models", "gpstoken-tny"], "unknown pretrained checkpoint 'gpstoken-tny' \\(did you mean 'gpstoken-tiny'"),

@@ -218,6 +218,8 @@ def test_complexities_rejects_cells_outside():
     (dict(n_tokens=4, min_size=2.5), TypeError, "min_size"),
     (dict(n_tokens=4, priority="box"), TypeError, "priority"),
     (dict(n_tokens=4, priority=[(10, 10, 5, 20)]), ValueError, "priority"),
+    (dict(n_tokens=4, priority=[(0, 0, 9, 9), (70, 0, 90, 9)]), ValueError,
+     r"priority\[1\]: box \(70, 0, 90, 9\) lies outside the 64x64 image .*prioritise nothing"),
     (dict(n_tokens=4, priority=np.ones((10, 10))), ValueError, "priority"),
 ])
 def test_validation(kwargs, exc, msg):

@@ -81,8 +81,8 @@ def partition_cells(cells: Any, height: int, width: int, name: str = "cells") ->
 def priority(value: Any, height: int, width: int,
              name: str = "priority") -> torch.Tensor | list[tuple[int, int, int, int]]:
     """A partition priority: an ``[H,W]`` mask (bool or floats in [0, 1]) -> float64 CPU
-    tensor, or a sequence of pixel boxes ``(x0, y0, x1, y1)`` (ints, ``x0 <= x1``, ``y0 <= y1``)
-    -> list of int tuples."""
+    tensor, or a sequence of pixel boxes ``(x0, y0, x1, y1)`` (ints, ``x0 <= x1``, ``y0 <= y1``,
+    overlapping the image) -> list of int tuples."""
     if isinstance(value, (np.ndarray, torch.Tensor)):
         m = torch.as_tensor(value)
         if tuple(m.shape) != (height, width):
@@ -101,6 +101,9 @@ def priority(value: Any, height: int, width: int,
             x0, y0, x1, y1 = (int(v) for v in box)
             if x1 < x0 or y1 < y0:
                 raise ValueError(f"{name}[{i}]: box needs x0 <= x1 and y0 <= y1, got {box!r}")
+            if x1 < 0 or y1 < 0 or x0 >= width or y0 >= height:
+                raise ValueError(f"{name}[{i}]: box {box!r} lies outside the {width}x{height} image (pixels "
+                                 f"x in [0, {width - 1}], y in [0, {height - 1}]); it would prioritise nothing")
             boxes.append((x0, y0, x1, y1))
         return boxes
     raise TypeError(
