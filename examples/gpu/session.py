@@ -268,12 +268,8 @@ class Phases:
         manifest = json.loads(manifest_path.read_text())
         info: dict[str, Any] = {
             "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if self.device == "cuda" else None,
             "pack_commit": manifest.get("commit"), "pack_photos": len(manifest.get("train", [])),
         }
-        self.s.summary["machine"] = info
-        self.s.say(f"machine: python {info['python']}, torch {info['torch']}, {info['cpus']} CPUs, "
-                   f"GPU {info['cuda'] or 'none (dry run)'}")
         how, placed = "native (already built)", None
         if importlib.util.find_spec("gpstoken._cpartition") is None and manifest.get("native"):
             placed = REPO / "gpstoken" / manifest["native"]
@@ -284,9 +280,15 @@ class Phases:
                  "a = [gpstoken.partition(x, n).regions for n in (64, 128, 256)]\n"
                  "on = native.native_available(); native._native = None\n"
                  "b = [gpstoken.partition(x, n).regions for n in (64, 128, 256)]\n"
-                 "print(json.dumps({'native': on, 'equal': all(bool((p == q).all()) for p, q in zip(a, b))}))")
+                 "gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None\n"
+                 "print(json.dumps({'native': on, 'equal': all(bool((p == q).all()) for p, q in zip(a, b)), "
+                 "'gpu': gpu}))")
         start = self.s.clock()
-        res = self._json_of(["-c", check], 0.6 * box)
+        res = self._json_of(["-c", check], 0.6 * box)  # a child: this process keeps no CUDA context
+        info["cuda"] = res["gpu"]
+        self.s.summary["machine"] = info
+        self.s.say(f"machine: python {info['python']}, torch {info['torch']}, {info['cpus']} CPUs, "
+                   f"GPU {info['cuda'] or 'none (dry run)'}")
         if not res["native"]:
             how, placed = self._compile_native()
             res = self._json_of(["-c", check], box - (self.s.clock() - start)) if placed else res
