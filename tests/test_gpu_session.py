@@ -125,3 +125,16 @@ def test_pack_held_out_crops_are_what_the_protocol_reads(tmp_path):
         assert torch.equal(packed[i]["image"], originals[i]["image"])
         assert torch.equal(packed[i]["g_init"], originals[i]["g_init"])
     assert prepare.file_stem("mvtb:campus/holdout/P1070492.png") == "mvtb_campus_holdout_P1070492"
+
+
+def test_gpu_config_continues_the_shipped_architecture():
+    from gpstoken.checkpoint import read_metadata
+    from gpstoken.models.configs import TokenizerConfig
+    from gpstoken.train.tokenizer_trainer import TokenizerTrainConfig
+
+    cfg = TokenizerTrainConfig.from_json(REPO / session_phases.TOKENIZER_CONFIG)
+    light = TokenizerTrainConfig.from_json(REPO / "examples/configs/tiny_tokenizer_light.json")
+    assert cfg.tokenizer_config() == light.tokenizer_config()
+    assert cfg.init_from == session_phases.SHIPPED_TOKENIZER and cfg.lr_schedule == "cosine"
+    shipped = read_metadata(REPO / session_phases.SHIPPED_TOKENIZER)["config"]  # init_from loads it strictly
+    assert TokenizerConfig.from_dict(json.loads(shipped)) == cfg.tokenizer_config()
