@@ -15,9 +15,10 @@ Outputs in ``out``: ``eval.json`` (each model recorded by its portable id and SH
 The tokenizers' work runs where ``gpstoken tokenize``'s does
 (:func:`gpstoken.image_dataset.job_batches`): on the CPU each DataLoader worker encodes and
 decodes its batches with one torch thread and the main process computes the metrics; on CUDA the
-main process runs the models. Multi-process like ``gpstoken tokenize``: process ``RANK`` of ``WORLD_SIZE`` takes every
-``WORLD_SIZE``-th batch, writes its sums to ``out/parts/`` and the last one to finish merges
-them and removes ``out/parts/`` (eval does not resume: a failed run is simply rerun).
+main process runs the models. Multi-process like ``gpstoken tokenize``: process ``RANK`` of
+``WORLD_SIZE`` takes every ``WORLD_SIZE``-th batch, writes its sums to ``out/parts/`` and the
+last one to finish merges them and removes ``out/parts/`` (eval does not resume: a failed run
+is simply rerun).
 """
 from __future__ import annotations
 

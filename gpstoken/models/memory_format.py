@@ -5,10 +5,10 @@ numbers; PyTorch then runs the whole stem channels-last (a convolution follows i
 format), and the RoIAlign reads the channels-last map without a copy. The format is set once
 when a :class:`gpstoken.pipeline.Tokenizer` is built, so no call pays for it.
 
-* **Strided stem (the light variant) on the CPU: channels-last.** One torch thread, default
-  model, encode of 128 tokens per image (oneDNN, AVX512; shared machine, CPU time): batch 1
-  26 against 34 ms per image in float32 (21 against 30 in bfloat16), batch 4 about equal in
-  float32 and 14.5 against 17.8 in bfloat16. Tokens within 5e-6 of the NCHW run in float32.
+* **Strided stem (the light variant) on the CPU: channels-last.** ``Tokenizer.encode_tensor``
+  of the default model, one torch thread (oneDNN, AVX512): a quarter less CPU per image at
+  batch 1 and 7-20% less at batch 4, float32 and bfloat16; tokens within 4e-6 of the NCHW run
+  in float32 (docs/evaluation.md, Throughput).
 * **Full-resolution stem (the official S64 / M128 / L256): NCHW.** Channels-last sums its
   convolutions in another order: the pooled features move by 1e-4 and the tokens by 2e-5, off
   the 1e-5 parity with the official encoder that the fixtures test.
