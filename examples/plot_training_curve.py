@@ -7,6 +7,9 @@ measured by ``examples/evaluate_tokenizer.py`` at the same token count:
 
     python examples/plot_training_curve.py runs/tiny_light [runs/tiny_light_uniform] docs/images/tiny_light_curve.png \
         --ref "bicubic thumbnail (30x30x3)=22.38" --title "128 tokens, 8 held-out photos"
+
+A warm restart (a new run folder started with ``--init-from`` another run's weights) is drawn
+where it continues with ``--offset RUN=STEPS``.
 """
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ def main() -> None:
     p.add_argument("--start", type=float, default=None, help="held-out PSNR at step 0 (the initial weights)")
     p.add_argument("--ref", action="append", default=[], help="LABEL=PSNR horizontal reference line (repeatable)")
     p.add_argument("--title", default="held-out PSNR during training")
+    p.add_argument("--offset", action="append", default=[],
+                   help="RUN=STEPS: that run started from weights already trained for STEPS steps (a warm restart "
+                        "with --init-from); its curve is drawn from step STEPS on (repeatable)")
     a = p.parse_args()
     import matplotlib
 
@@ -44,6 +50,12 @@ def main() -> None:
     if len(a.runs) < 2:
         raise SystemExit("expected RUN [RUN ...] PNG")
     *runs, png = a.runs
+    offsets: dict[Path, int] = {}
+    for item in a.offset:
+        name, _, steps = item.rpartition("=")
+        if Path(name) not in runs or not steps.isdigit():
+            raise SystemExit(f"--offset {item!r}: expected RUN=STEPS with RUN one of the run folders given")
+        offsets[Path(name)] = int(steps)
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     for run in runs:
         curve = read_curve(run)
@@ -51,7 +63,8 @@ def main() -> None:
             curve = [(0, a.start)] + [c for c in curve if c[0] > 0]
         if not curve:
             raise SystemExit(f"{run}: no eval_psnr records yet")
-        ax.plot([s for s, _ in curve], [v for _, v in curve], "o-", ms=3, label=f"EMA weights ({run.name})")
+        shift = offsets.get(run, 0)
+        ax.plot([s + shift for s, _ in curve], [v for _, v in curve], "o-", ms=3, label=f"EMA weights ({run.name})")
     for ref in a.ref:
         label, _, value = ref.rpartition("=")
         if not label:
