@@ -101,6 +101,9 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     """
     if isinstance(models, str) or not models:
         raise ValueError(f"--model: expected one or more model names, got {models!r}")
+    repeated = sorted({str(m) for m in models if [str(x) for x in models].count(str(m)) > 1})
+    if repeated:
+        raise ValueError(f"--model: {', '.join(repeated)} given more than once; give each model once")
     if isinstance(token_counts, int) or not token_counts:
         raise ValueError(f"--tokens: expected one or more token counts, got {token_counts!r}")
     counts = sorted({check_token_count(n) for n in token_counts})

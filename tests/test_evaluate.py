@@ -111,6 +111,8 @@ def test_cli_two_processes_match_one_and_errors(photos, one_process, tmp_path, c
     assert "does not exist" in err(str(tmp_path / "nope"), "-o", str(tmp_path / "x"))
     missing = str(tmp_path / "nope.safetensors")
     assert "no such checkpoint" in err(str(photos), "--model", missing, "-o", str(tmp_path / "x"))
+    assert "--model: default given more than once" in err(str(photos), "--model", "default", "default", "-o",
+                                                           str(tmp_path / "x"))
 
 
 def test_worker_pipeline_gives_the_in_process_numbers(photos, one_process, tmp_path):

@@ -147,6 +147,10 @@ def test_resolve_local_file_and_folder(tmp_path):
         hub.resolve(str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="not a registry name"):
         hub.resolve("no such thing")
+    (tmp_path / "x.gpst").write_bytes(b"")
+    for token_file in ("x.gpst", tmp_path / "x.gpst"):  # a token file, not a model
+        with pytest.raises(ValueError, match=r"x\.gpst is a token file, not a model checkpoint; read it with"):
+            hub.resolve(token_file)
 
 
 def test_kind_recorded_in_the_file_is_checked(tmp_path):

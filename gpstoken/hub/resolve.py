@@ -17,6 +17,7 @@ from ..checkpoint import (
     checkpoint_config,
     read_metadata,
 )
+from ..tokens import FORMAT as TOKEN_FORMAT
 from .arch import _arch_config, infer_tokenizer_arch
 from .download import _download, parse_hub_id
 from .registry import _REGISTRY, PretrainedSpec, close_names, get_spec, list_pretrained
@@ -151,6 +152,10 @@ def resolve(name_or_path: str | os.PathLike, kind: str = "tokenizer", *, arch: s
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path: expected a str or path, got {type(name_or_path).__name__}")
     text = os.fspath(name_or_path)
+    if text.lower().endswith(f".{TOKEN_FORMAT}"):
+        raise ValueError(f"name_or_path: {text} is a token file, not a model checkpoint; read it with "
+                         "gpstoken.GPSTokens.load() or decode it with gpstoken.decode(), and give a model here: "
+                         "'default', a registry name, a Hub id or a .safetensors file")
     # local file or folder
     if isinstance(name_or_path, os.PathLike) or _looks_local(text):
         path = Path(text).expanduser()
