@@ -20,6 +20,7 @@ kept) and :func:`to_rgb8` (any PIL mode -> 8-bit RGB for the dataset and studio 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,8 @@ def open_image(path: str | os.PathLike, name: str = "image", *, orient: bool = T
 
     orient: apply the EXIF orientation, so the pixels stand the way image viewers show the
     file. Raises FileNotFoundError / IsADirectoryError / ValueError (not an image, truncated,
-    or more pixels than PIL's decompression-bomb limit) naming ``name`` and the fix.
+    or more pixels than PIL's decompression-bomb limit) naming ``name`` and the fix. An
+    animation gives its first frame, with a warning.
     """
     p = Path(path)
     if not p.exists():
@@ -125,12 +127,16 @@ def open_image(path: str | os.PathLike, name: str = "image", *, orient: bool = T
     try:
         with Image.open(p) as im:
             im.load()
+            frames = getattr(im, "n_frames", 1)
             out = ImageOps.exif_transpose(im) if orient else im.copy()
     except Image.DecompressionBombError as e:
         raise ValueError(f"{name}: {p} has too many pixels to open safely ({e}); downscale it first, or raise "
                          "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{name}: cannot read image {p} ({e}); give a PNG, JPEG or other image PIL can open") from None
+    if frames > 1:
+        warnings.warn(f"{name}: {p} is an animation of {frames} frames; only the first frame is used "
+                      "(save the frame you want as its own image to choose another)", stacklevel=2)
     return out if out.mode in _PIL_16BIT or out.mode == "F" else out.convert("RGB")
 
 

@@ -94,6 +94,16 @@ def test_open_image_applies_the_exif_orientation(tmp_path):
     assert open_image(tmp_path / "r.jpg", orient=False).size == (60, 40)
 
 
+def test_open_image_of_an_animation_warns_and_gives_the_first_frame(tmp_path):
+    from gpstoken.images import open_image
+
+    frames = [Image.new("RGB", (40, 40), c) for c in ((250, 0, 0), (0, 0, 250))]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100)
+    with pytest.warns(UserWarning, match=r"input: .*a\.gif is an animation of 2 frames; only the first frame is used"):
+        im = open_image(tmp_path / "a.gif", "input")
+    assert im.getpixel((20, 20))[0] > 200  # red: the first frame
+
+
 def test_open_image_errors_name_the_argument_and_the_fix(tmp_path, monkeypatch):
     from gpstoken.images import open_image
 
