@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -101,7 +102,7 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     """
     if isinstance(models, str) or not models:
         raise ValueError(f"--model: expected one or more model names, got {models!r}")
-    repeated = sorted({str(m) for m in models if [str(x) for x in models].count(str(m)) > 1})
+    repeated = sorted(m for m, k in Counter(map(str, models)).items() if k > 1)
     if repeated:
         raise ValueError(f"--model: {', '.join(repeated)} given more than once; give each model once")
     if isinstance(token_counts, int) or not token_counts:

@@ -101,11 +101,16 @@ def _from_pil(img: Image.Image, name: str) -> torch.Tensor:
     return _from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8), name)
 
 
+def _high_depth_grey(img: Image.Image) -> bool:
+    """16-bit or float grey: modes that a plain ``convert("RGB")`` would clip."""
+    return img.mode in _PIL_16BIT or img.mode == "F"
+
+
 def to_rgb8(img: Image.Image, name: str = "image") -> Image.Image:
     """A PIL image of any mode -> 8-bit RGB, reading 16-bit and float grey the way
     :func:`to_tensor` does (a plain ``convert("RGB")`` clips 16-bit values to white and float
     ``[0, 1]`` values to black)."""
-    if img.mode in _PIL_16BIT or img.mode == "F":
+    if _high_depth_grey(img):
         return Image.fromarray(to_uint8(_from_pil(img, name)).permute(1, 2, 0).numpy())
     return img.convert("RGB")
 
@@ -137,7 +142,7 @@ def open_image(path: str | os.PathLike, name: str = "image", *, orient: bool = T
     if frames > 1:
         warnings.warn(f"{name}: {p} is an animation of {frames} frames; only the first frame is used "
                       "(save the frame you want as its own image to choose another)", stacklevel=2)
-    return out if out.mode in _PIL_16BIT or out.mode == "F" else out.convert("RGB")
+    return out if _high_depth_grey(out) else out.convert("RGB")
 
 
 def to_tensor(image: Any, name: str = "image") -> tuple[torch.Tensor, ImageKind]:

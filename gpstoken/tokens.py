@@ -39,10 +39,10 @@ def token_file(path: str | os.PathLike, name: str = "path") -> Path:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{name}: {path} is a folder; give a token file name inside it, "
-                                f"e.g. {path / 'x.gpst'}")
+                                f"e.g. {path / f'x.{FORMAT}'}")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise ValueError(f"{name}: {path} is an image file name, but token files are not images; name it "
-                         f"{path.with_suffix('.gpst')} (decode the tokens for a picture)")
+                         f"{path.with_suffix(f'.{FORMAT}')} (decode the tokens for a picture)")
     return path
 
 

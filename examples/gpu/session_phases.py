@@ -178,32 +178,31 @@ class Phases:
         step = max((r.get("step", 0) for r in metrics), default=0)
         left = box - (self.s.clock() - start)
         details: dict[str, Any] = {"probe_steps": step, "steps_per_s": rate}
-        if rate is None or left < 2 * TRAIN_TAIL_S + 20:
-            self.s.say(f"train: no time or rate for a second part (rate {rate}, {left:.0f} s left)")
-        else:
-            startup = 20.0  # seconds from launch to the first step of a resumed run (workers, model)
-            run_s = left - startup - TRAIN_TAIL_S
-            max_steps = steps_for(rate, run_s, step)
-            details["max_steps"] = max_steps
-            self.s.say(f"train: {rate:.2f} steps/s; resuming at step {step} with max_steps {max_steps}")
-            try:
+        try:
+            if rate is None or left < 2 * TRAIN_TAIL_S + 20:
+                self.s.say(f"train: no time or rate for a second part (rate {rate}, {left:.0f} s left)")
+            else:
+                startup = 20.0  # seconds from launch to the first step of a resumed run (workers, model)
+                run_s = left - startup - TRAIN_TAIL_S
+                max_steps = steps_for(rate, run_s, step)
+                details["max_steps"] = max_steps
+                self.s.say(f"train: {rate:.2f} steps/s; resuming at step {step} with max_steps {max_steps}")
                 rc = self.s.sh([*base, "--resume", "--max-steps", str(max_steps), "--max-minutes",
                                 f"{(left - TRAIN_TAIL_S) / 60:.3f}"], left)
-            finally:
-                self.s.keep(run / "metrics.jsonl", "tokenizer_metrics.jsonl")
-                self.s.keep(self.new_tokenizer, "tokenizer.safetensors")
-            if rc != 0:
-                raise RuntimeError(f"the main run failed (exit status {rc}); the last export is kept")
-        self.s.keep(run / "metrics.jsonl", "tokenizer_metrics.jsonl")
-        if not self.s.keep(self.new_tokenizer, "tokenizer.safetensors"):
+                if rc != 0:
+                    raise RuntimeError(f"the main run failed (exit status {rc}); the last export is kept")
+        finally:  # what the run left is kept, also when it failed or overran its box
+            self.s.keep(run / "metrics.jsonl", "tokenizer_metrics.jsonl")
+            kept = self.s.keep(self.new_tokenizer, "tokenizer.safetensors")
+        if not kept:
             raise RuntimeError("no exported tokenizer")
         metrics = read_jsonl(run / "metrics.jsonl")
         evals = [r for r in metrics if "eval_psnr" in r]
-        details.update(final_step=max((r.get("step", 0) for r in metrics), default=0),
-                       batch_size=json.loads(config.read_text())["batch_size"],
+        cfg = json.loads(config.read_text())
+        details.update(final_step=max((r.get("step", 0) for r in metrics), default=0), batch_size=cfg["batch_size"],
                        eval_psnr=[(r["step"], round(r["eval_psnr"], 3)) for r in evals])
-        self.s.say(f"train: step {details['final_step']}, held-out PSNR (trainer, "
-                   f"{json.loads(config.read_text())['eval_n_tokens']} tokens) {details['eval_psnr'][-3:]}")
+        self.s.say(f"train: step {details['final_step']}, held-out PSNR (trainer, {cfg['eval_n_tokens']} tokens) "
+                   f"{details['eval_psnr'][-3:]}")
         return details
 
     # ---------------------------------------------------------------- held-out evaluation
