@@ -28,8 +28,9 @@ from gpstoken.train.thumbnail import bicubic_thumbnail
 
 
 def evaluate(checkpoint: str, init: str, n_tokens: int, crops: int, lpips,
-             photos: list[ImageEntry]) -> dict[str, float]:
-    """Mean PSNR / SSIM / ST-LPIPS of one checkpoint (or ``"bicubic"``) at ``n_tokens`` on ``photos``."""
+             photos: list[ImageEntry], fit_steps: int | None = None) -> dict[str, float]:
+    """Mean PSNR / SSIM / ST-LPIPS of one checkpoint (or ``"bicubic"``) at ``n_tokens`` on ``photos``
+    (``fit_steps``: test-time fitting steps, None: the checkpoint's own)."""
     cfg = DataConfig(source="offline", init=init, eval_crops_per_image=crops)
     data = EvalDataset(photos, cfg, n_tokens)
     tok = None if checkpoint == "bicubic" else gpstoken.load_tokenizer(checkpoint, device="cpu")
@@ -41,7 +42,7 @@ def evaluate(checkpoint: str, init: str, n_tokens: int, crops: int, lpips,
             rec = bicubic_thumbnail(image, n_tokens)
         else:
             layout = Layout(item["g_init"][None], item["regions"][None], (256, 256), (1, 1))
-            rec = tok.decode_tensor(tok.encode_tensor(image, layout))
+            rec = tok.decode_tensor(tok.encode_tensor(image, layout, fit_steps=fit_steps))
         scores["psnr"].append(psnr(rec, image).item())
         scores["ssim"].append(ssim(rec, image).item())
         if lpips is not None:
@@ -56,6 +57,8 @@ def main() -> None:
     p.add_argument("--tokens", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--crops", type=int, default=1, help="crops per held-out photo (1: the centre crop)")
     p.add_argument("--no-lpips", action="store_true", help="skip ST-LPIPS even when it is installed")
+    p.add_argument("--fit-steps", type=int, default=None,
+                   help="test-time fitting steps for every checkpoint (default: each checkpoint's own; 0: none)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--heldout", default=None,
                    help="a folder of held-out images to use instead of the offline held-out photos")
@@ -76,7 +79,7 @@ def main() -> None:
         if init not in ("adaptive", "uniform"):
             raise SystemExit(f"{spec}: expected PATH:adaptive, PATH:uniform or bicubic")
         for n in a.tokens:
-            s = evaluate(path, init, n, a.crops, lpips, entries)
+            s = evaluate(path, init, n, a.crops, lpips, entries, a.fit_steps)
             rows.append({"checkpoint": path, "init": init if path != "bicubic" else None, "tokens": n, **s})
             lp = f"{s['st-lpips']:.4f}" if "st-lpips" in s else "n/a"
             print(f"| {path} | {init if path != 'bicubic' else '-'} | {n} | {s['psnr']:.2f} | {s['ssim']:.4f} | {lp} |",

@@ -23,15 +23,17 @@ def _tokenizer(model: str | Tokenizer, device=None) -> Tokenizer:
 
 
 def encode(image: ImageLike, n_tokens: Optional[int] = None, *, layout: Optional[Layout] = None,
-           model: str | Tokenizer = "default", device=None) -> GPSTokens:
+           model: str | Tokenizer = "default", device=None, fit_steps: Optional[int] = None) -> GPSTokens:
     """Encode images into GPS tokens: :meth:`Tokenizer.encode` of ``model``.
 
     image: any accepted image kind, H, W >= 32. n_tokens: tokens per 256x256 patch (default:
     what the model was trained with); ignored when ``layout`` is given. layout: a
     :class:`Layout` from :func:`partition` / :func:`edit_layout` for these images.
+    fit_steps: test-time fitting steps after the encoder (default: the model's own, 4 for the
+    embedded default, 0 for the official models; 0: the encoder's tokens as they are).
     Returns :class:`GPSTokens` with geometry [B, k*m*n_tokens, 5] and features [B, ..., C].
     """
-    return _tokenizer(model, device).encode(image, n_tokens, layout=layout)
+    return _tokenizer(model, device).encode(image, n_tokens, layout=layout, fit_steps=fit_steps)
 
 
 def decode(tokens: GPSTokens, *, model: Optional[str | Tokenizer] = None, device=None) -> ImageLike:
@@ -54,10 +56,10 @@ def decode(tokens: GPSTokens, *, model: Optional[str | Tokenizer] = None, device
 
 
 def reconstruct(image: ImageLike, n_tokens: Optional[int] = None, *, layout: Optional[Layout] = None,
-                model: str | Tokenizer = "default", device=None) -> ImageLike:
-    """``decode(encode(image, n_tokens))`` with one tokenizer (:meth:`Tokenizer.reconstruct`):
-    same kind and size as the input."""
-    return _tokenizer(model, device).reconstruct(image, n_tokens, layout=layout)
+                model: str | Tokenizer = "default", device=None, fit_steps: Optional[int] = None) -> ImageLike:
+    """``decode(encode(image, n_tokens, fit_steps=fit_steps))`` with one tokenizer
+    (:meth:`Tokenizer.reconstruct`): same kind and size as the input."""
+    return _tokenizer(model, device).reconstruct(image, n_tokens, layout=layout, fit_steps=fit_steps)
 
 
 def edit_layout(image_or_layout: ImageLike | Layout, *, n_tokens: Optional[int] = None,

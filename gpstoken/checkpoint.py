@@ -4,7 +4,9 @@ every loader and exporter goes through.
 **Tokenizer file**: the :class:`~gpstoken.models.tokenizer.GPSTokenizer` state dict under the
 official key names. Files written by gpstoken also carry string metadata ``format="gpstoken"``,
 ``format_version``, ``kind="tokenizer"``, ``config`` (``TokenizerConfig`` JSON) and optionally
-``decode_per_patch`` (``"true"`` for models decoded patch by patch, like L256). The official
+``decode_per_patch`` (``"true"`` for models decoded patch by patch, like L256) and
+``fit_steps`` (the tokenizer's default test-time fitting steps, :func:`fit_steps`; absent = 0,
+as for every official model). The official
 release publishes the bare state dict (no metadata); its loader keeps only the keys the model
 has, so such files may hold extra keys: :func:`fit_state_dict` drops them with one warning.
 
@@ -39,8 +41,8 @@ from .sampling import SamplingDefaults
 __all__ = [
     "BANK_PREFIX", "CheckpointFormatError", "CheckpointMismatchError", "CheckpointNotFoundError", "FORMAT",
     "FORMAT_VERSION", "GeneratorConfig", "KINDS", "LAYOUT_PREFIX", "TEXTURE_PREFIX", "checkpoint_config",
-    "fit_state_dict", "is_official_generator", "load_safetensors", "read_keys", "read_metadata", "save_checkpoint",
-    "sub_state_dict", "texture_targets", "tokens_from_targets",
+    "fit_state_dict", "fit_steps", "is_official_generator", "load_safetensors", "read_keys", "read_metadata",
+    "save_checkpoint", "sub_state_dict", "texture_targets", "tokens_from_targets",
 ]
 
 KINDS = ("tokenizer", "generator")
@@ -174,6 +176,15 @@ def save_checkpoint(
         metadata[str(k)] = v if isinstance(v, str) else json.dumps(v)
     metadata.update(format=FORMAT, format_version=str(FORMAT_VERSION), kind=kind, config=json.dumps(dict(config)))
     return write_safetensors(state_dict, path, metadata)
+
+
+def fit_steps(metadata: Mapping[str, str], where: str) -> int:
+    """A tokenizer file's default test-time fitting steps (metadata ``fit_steps``, a decimal
+    int >= 0; 0 when absent). ``where``: the file, for the error."""
+    value = metadata.get("fit_steps", "0")
+    if not value.isdigit():
+        raise CheckpointFormatError(f"{where}: metadata 'fit_steps' must be an int >= 0, got {value!r}")
+    return int(value)
 
 
 # ---------------------------------------------------------------------- state dicts

@@ -57,7 +57,7 @@ def _cmd_reconstruct(a: argparse.Namespace) -> None:
 
     _check_outputs(a.output, a.layout)
     img = _open_image(a.input)
-    tokens = gpstoken.encode(img, a.tokens, model=a.model, device=a.device)
+    tokens = gpstoken.encode(img, a.tokens, model=a.model, device=a.device, fit_steps=a.fit_steps)
     _save_image(gpstoken.decode(tokens, device=a.device), a.output)
     if a.layout:
         _save_image(tokens.draw(img), a.layout)
@@ -69,7 +69,7 @@ def _cmd_encode(a: argparse.Namespace) -> None:
     from .tokens import token_file
 
     token_file(a.output, "-o")
-    tokens = gpstoken.encode(_open_image(a.input), a.tokens, model=a.model, device=a.device)
+    tokens = gpstoken.encode(_open_image(a.input), a.tokens, model=a.model, device=a.device, fit_steps=a.fit_steps)
     path = tokens.save(a.output)
     print(f"wrote {path} ({tokens.geometry.shape[1]} tokens, model {tokens.model})")
 
@@ -155,7 +155,7 @@ def _cmd_tokenize(a: argparse.Namespace) -> None:
 
     manifest = tokenize(a.src, a.out, a.tokens, model=a.model, size=a.size, batch_size=a.batch_size,
                         shard_size=a.shard_size, num_workers=a.workers, split=a.split, image_column=a.image_column,
-                        labeled=a.labeled, device=a.device, dtype=a.dtype)
+                        labeled=a.labeled, device=a.device, dtype=a.dtype, fit_steps=a.fit_steps)
     if manifest is None:
         print(f"this process's shards are done; the last process to finish writes {Path(a.out) / 'manifest.json'}")
         return
@@ -187,7 +187,7 @@ def _cmd_eval(a: argparse.Namespace) -> None:
 
     results = evaluate(a.src, a.model, a.tokens, out=a.out, size=a.size, batch_size=a.batch_size,
                        fid_weights=a.fid_weights, num_workers=a.workers, split=a.split, image_column=a.image_column,
-                       device=a.device)
+                       device=a.device, fit_steps=a.fit_steps)
     if results is None:
         return
     print(markdown_table(results))
@@ -237,11 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", default=model_default, help="registry name, Hub repo id or local .safetensors")
         sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
+    def fit_steps(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--fit-steps", type=int, default=None,
+                        help="test-time fitting steps after the encoder (default: the model's own, 4 for the embedded "
+                             "default, 0 for the official models; 0: none, faster)")
+
     r = command("reconstruct", help="encode and decode an image")
     r.add_argument("input")
     r.add_argument("-o", "--output", required=True)
     r.add_argument("--tokens", type=int, default=None, help="tokens per 256x256 patch")
     r.add_argument("--layout", default=None, help="also save a picture of the Gaussian layout here")
+    fit_steps(r)
     common(r)
     r.set_defaults(func=_cmd_reconstruct)
 
@@ -249,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("input")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--tokens", type=int, default=None, help="tokens per 256x256 patch")
+    fit_steps(e)
     common(e)
     e.set_defaults(func=_cmd_encode)
 
@@ -295,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="encoder precision (auto: bfloat16 on CUDA and on a CPU with native bfloat16, AVX512-BF16 "
                         "or AMX, else float32; float32: exact tokens; the manifest records the dtype used)")
+    fit_steps(k)
     common(k)
     k.set_defaults(func=_cmd_tokenize)
 
@@ -321,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--split", default="train", help="dataset split (datasets sources)")
     v.add_argument("--image-column", default=None, help="image column (datasets sources)")
     v.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
+    fit_steps(v)
     v.set_defaults(func=_cmd_eval)
 
     m = command("models", help="list the registered pretrained checkpoints, or show one")
@@ -360,6 +369,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+#: the library's argument names in error messages -> the flags of the commands that pass them
+_FLAGS = {"n_tokens": "--tokens", "fit_steps": "--fit-steps", "name_or_path": "--model"}
+
+
 def _describe(e: BaseException) -> str:
     """One line naming the problem and the fix."""
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
@@ -369,6 +382,9 @@ def _describe(e: BaseException) -> str:
         return f"permission denied: {e.filename or e}; choose a file you may read or a folder you may write to"
     if isinstance(e, (CLIError, ValueError, TypeError, OSError, ImportError, RuntimeError)):
         text = str(e)
+        name, sep, rest = text.partition(": ")
+        if sep and name in _FLAGS:  # the library names its Python argument; say the command's flag
+            text = f"{_FLAGS[name]}: {rest}"
     else:
         text = f"internal error {type(e).__name__}: {e}; rerun with --debug for the traceback and report it"
     return " ".join(text.split())

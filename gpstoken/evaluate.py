@@ -41,7 +41,7 @@ from .inception import load_inception
 from .io import atomic_path, output_folder, write_safetensors, write_text
 from .metrics import STLPIPS, STLPIPS_INSTALL, FeatureMoments, frechet_distance, psnr, ssim, stlpips_available
 from .pipeline import Tokenizer, load_tokenizer, pick_device
-from .pretokenize import PREPROCESSING, check_int, check_token_count, encode_batch
+from .pretokenize import PREPROCESSING, check_int, check_token_count, encode_batch, fit_steps_of
 from .sources import open_source
 
 METRICS = (("psnr", "PSNR (dB)", "higher"), ("ssim", "SSIM", "higher"), ("st_lpips", "ST-LPIPS", "lower"),
@@ -90,7 +90,7 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
              out: str | os.PathLike = "eval", size: int = 256, batch_size: int = 16, fid_weights: Optional[str] = None,
              fid_features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, num_workers: Optional[int] = None,
              split: str = "train", image_column: Optional[str] = None, device: Optional[str] = None,
-             progress: bool = True) -> Optional[dict[str, Any]]:
+             fit_steps: Optional[int] = None, progress: bool = True) -> Optional[dict[str, Any]]:
     """Evaluate ``models`` at each of ``token_counts`` on the images of ``src`` (see the
     module doc). Returns the results dict (also written to ``out/eval.json``) from the
     process that merged them, else None.
@@ -99,6 +99,8 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     instead of the standard Inception (numbers then are not comparable to published FIDs).
     num_workers: DataLoader worker processes, as ``gpstoken tokenize``'s (on the CPU one per
     usable core by default, each encoding and decoding its batches; 0: everything here).
+    fit_steps: test-time fitting steps for every model (default: each model's own), recorded
+    per model in the results (``fit_steps``).
     """
     if isinstance(models, str) or not models:
         raise ValueError(f"--model: expected one or more model names, got {models!r}")
@@ -108,6 +110,8 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     if isinstance(token_counts, int) or not token_counts:
         raise ValueError(f"--tokens: expected one or more token counts, got {token_counts!r}")
     counts = sorted({check_token_count(n) for n in token_counts})
+    if fit_steps is not None:
+        fit_steps = check_int(fit_steps, "--fit-steps", 0)
     size = check_int(size, "--size", MIN_SIDE)
     batch_size = check_int(batch_size, "--batch-size", 1)
     if num_workers is not None:
@@ -121,6 +125,7 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     dev = pick_device(device) if device is not None else procs.device()
     dtype = "bfloat16" if dev.type == "cuda" else None
     toks = [load_tokenizer(m, device=dev, dtype=dtype) for m in models]
+    fits = fit_steps_of(toks, fit_steps)
     if fid_features is not None:
         features, fid_note = fid_features, "custom feature extractor (not comparable to published FID)"
     else:
@@ -134,8 +139,8 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     header = {"source": source.description, "source_images": len(source), "image_size": [size, size],
               "preprocessing": PREPROCESSING.format(size=size), "encode_dtype": dtype or "float32",
               "models": [portable_id(t)[0] for t in toks], "model_sha256": [portable_id(t)[1] for t in toks],
-              "tokens": counts}
-    sums = _run(toks, keys, counts, source, size, batches, features, lpips, num_workers,
+              "tokens": counts, "fit_steps": fits}
+    sums = _run(toks, fits, keys, counts, source, size, batches, features, lpips, num_workers,
                 progress and procs.rank == 0)
     parts: list[Path] = []
     if procs.world > 1:
@@ -185,20 +190,22 @@ def _remove_parts(folder: Path, parts: list[Path]) -> None:
             pass
 
 
-def _reconstruct_job(toks: list[Tokenizer], keys: list[tuple[int, int]], images: torch.Tensor,
+def _reconstruct_job(toks: list[Tokenizer], fits: list[int], keys: list[tuple[int, int]], images: torch.Tensor,
                      layouts: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
     """eval's job (:func:`gpstoken.image_dataset.job_batches`): the batch on the models' device
-    and its reconstruction by model ``j`` at ``n`` tokens for each key ``(j, n)``."""
+    and its reconstruction by model ``j`` (with ``fits[j]`` fitting steps) at ``n`` tokens for
+    each key ``(j, n)``."""
     x = images.to(toks[0].device, non_blocking=True)
-    return {"image": x, "recs": [toks[j].decode_tensor(encode_batch(toks[j], x, layouts[n])) for j, n in keys]}
+    return {"image": x, "recs": [toks[j].decode_tensor(encode_batch(toks[j], x, layouts[n], fits[j]))
+                                 for j, n in keys]}
 
 
-def _run(toks, keys, counts, source, size, batches, features, lpips, num_workers, progress) -> _Sums:
+def _run(toks, fits, keys, counts, source, size, batches, features, lpips, num_workers, progress) -> _Sums:
     from tqdm.auto import tqdm
 
     dim = features(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)).shape[1] if features is not None else None
     sums = _Sums(keys, dim)
-    data = job_batches(PreparedImages(source, size, counts), batches, partial(_reconstruct_job, toks, keys),
+    data = job_batches(PreparedImages(source, size, counts), batches, partial(_reconstruct_job, toks, fits, keys),
                        in_workers=toks[0].device.type == "cpu", num_workers=num_workers)
     bar = tqdm(total=sum(map(len, batches)), unit="img", desc="eval", disable=not progress, dynamic_ncols=True)
     pending_skips: list[dict[str, Any]] = []
@@ -268,6 +275,9 @@ def markdown_table(results: dict[str, Any]) -> str:
                          else f"{v:.4f}" if m == "ssim" or m == "st_lpips" else f"{v:.2f}")
         lines.append(f"| {r['model']} | {r['tokens']} | " + " | ".join(cells) + " |")
     notes = [f"\n{results['images']} images of {results['source']} ({results['preprocessing']})."]
+    if any(results.get("fit_steps", ())):
+        notes.append("Test-time fitting steps after the encoder: " + ", ".join(
+            f"{m} {k}" for m, k in zip(results["models"], results["fit_steps"])) + ".")
     if results.get("fid_features"):
         notes.append(f"rFID features: {results['fid_features']}.")
     for m, reason in results["unavailable"].items():

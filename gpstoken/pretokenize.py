@@ -23,7 +23,7 @@ import math
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -57,10 +57,11 @@ def check_token_count(n_tokens: Any, name: str = "--tokens") -> int:
     return n
 
 
-def encode_batch(tok: Tokenizer, images: torch.Tensor, layout: tuple[torch.Tensor, torch.Tensor]):
+def encode_batch(tok: Tokenizer, images: torch.Tensor, layout: tuple[torch.Tensor, torch.Tensor],
+                 fit_steps: Optional[int] = None):
     """Encode a prepared batch (:func:`gpstoken.image_dataset.collate`) with its layout."""
     size = tuple(images.shape[-2:])
-    return tok.encode_tensor(images, Layout(layout[0], layout[1], size))
+    return tok.encode_tensor(images, Layout(layout[0], layout[1], size), fit_steps=fit_steps)
 
 
 def token_tensors(tokens: GPSTokens) -> dict[str, torch.Tensor]:
@@ -69,16 +70,22 @@ def token_tensors(tokens: GPSTokens) -> dict[str, torch.Tensor]:
             "layout.geometry": tokens.layout.geometry.cpu(), "layout.regions": tokens.layout.regions.cpu()}
 
 
-def _encode_job(tok: Tokenizer, n_tokens: int, images: torch.Tensor,
+def _encode_job(tok: Tokenizer, n_tokens: int, fit_steps: int, images: torch.Tensor,
                 layouts: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """tokenize's job (:func:`gpstoken.image_dataset.job_batches`): the batch's shard tensors."""
-    return token_tensors(encode_batch(tok, images, layouts[n_tokens]))
+    return token_tensors(encode_batch(tok, images, layouts[n_tokens], fit_steps))
+
+
+def fit_steps_of(toks: Sequence[Tokenizer], fit_steps: Optional[int]) -> list[int]:
+    """Each tokenizer's test-time fitting steps: ``fit_steps`` for all, or None: each model's
+    own (:attr:`Tokenizer.fit_steps`)."""
+    return [t.fit_steps if fit_steps is None else fit_steps for t in toks]
 
 
 def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, model: str = "default",
              size: int = 256, batch_size: int = 32, shard_size: int = 1024, num_workers: Optional[int] = None,
              split: str = "train", image_column: Optional[str] = None, labeled: bool = False,
-             device: Optional[str] = None, dtype: Optional[str] = None,
+             device: Optional[str] = None, dtype: Optional[str] = None, fit_steps: Optional[int] = None,
              progress: bool = True) -> Optional[dict[str, Any]]:
     """Tokenize every image of ``src`` into ``out`` (see the module doc and
     :mod:`gpstoken.shards`). Returns the manifest when this process wrote it (the last one
@@ -91,7 +98,9 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
     dtype: the encoder's autocast dtype, ``"float32"`` (exact tokens), ``"bfloat16"`` or
     ``"auto"`` / None: bfloat16 where it is fast (CUDA, a CPU with native bfloat16), float32
     elsewhere (:func:`gpstoken.pipeline.devices.fast_dtype`). The tokens are stored in float32
-    either way and the manifest records the dtype used (``encode_dtype``). num_workers:
+    either way and the manifest records the dtype used (``encode_dtype``). fit_steps: test-time
+    fitting steps (:mod:`gpstoken.models.token_fit`; default: the model's own), recorded in the
+    manifest (``fit_steps``). num_workers:
     DataLoader worker processes (default: on CUDA up to 4, one per usable core minus one; on
     the CPU one per usable core, shared among the processes of this machine, at most
     :data:`gpstoken.image_dataset.MAX_CPU_WORKERS`; 0: everything in this process).
@@ -102,6 +111,8 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
     shard_size = check_int(shard_size, "--shard-size", 1)
     if num_workers is not None:
         num_workers = check_int(num_workers, "--workers", 0)
+    if fit_steps is not None:
+        fit_steps = check_int(fit_steps, "--fit-steps", 0)
     output_folder(out, "OUT")
     procs = Processes.from_env()
     source = open_source(src, split=split, image_column=image_column, labeled=labeled)
@@ -109,6 +120,7 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
     if dtype not in (None, "auto", "float32", "bfloat16"):
         raise ValueError(f"--dtype: expected auto, float32 or bfloat16, got {dtype!r}")
     tok = load_tokenizer(model, device=dev, dtype=fast_dtype(dev) if dtype in (None, "auto") else dtype)
+    fit = fit_steps_of([tok], fit_steps)[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_id, model_sha256 = hub.portable_id(tok)
@@ -116,8 +128,9 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
               "channels": tok.config.gps_c, "image_size": [size, size],
               "preprocessing": PREPROCESSING.format(size=size), "source": source.description,
               "source_images": len(source), "shard_size": shard_size, "classes": source.classes,
-              "encode_dtype": str(tok.dtype).removeprefix("torch.")}
-    run = {k: header[k] for k in ("model_sha256", "n_tokens", "image_size", "shard_size", "encode_dtype", "classes")}
+              "encode_dtype": str(tok.dtype).removeprefix("torch."), "fit_steps": fit}
+    run = {k: header[k] for k in ("model_sha256", "n_tokens", "image_size", "shard_size", "encode_dtype", "fit_steps",
+                                  "classes")}
     n_shards = -(-len(source) // shard_size)
     pending = []
     for s in range(procs.rank, n_shards, procs.world):
@@ -148,7 +161,8 @@ def _run(tok: Tokenizer, source, n_tokens: int, size: int, batches: list[list[in
          out: Path, run: dict[str, Any], num_workers: Optional[int], progress: bool, desc: str) -> None:
     from tqdm.auto import tqdm
 
-    data = job_batches(PreparedImages(source, size, [n_tokens]), batches, partial(_encode_job, tok, n_tokens),
+    job = partial(_encode_job, tok, n_tokens, run["fit_steps"])
+    data = job_batches(PreparedImages(source, size, [n_tokens]), batches, job,
                        in_workers=tok.device.type == "cpu", num_workers=num_workers)
     bar = tqdm(total=sum(map(len, batches)), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
     parts: dict[str, list] = {k: [] for k in shards.TENSORS}

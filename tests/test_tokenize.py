@@ -19,7 +19,8 @@ from PIL import Image
 
 import gpstoken
 from gpstoken import shards
-from gpstoken.images import center_crop
+from gpstoken.images import center_crop, to_tensor
+from gpstoken.metrics import psnr
 from gpstoken.pretokenize import tokenize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,11 +225,19 @@ def test_bfloat16_encoder_on_cpu(photos, reference, tmp_path):
         return
     manifest = tokenize(lst, tmp_path / "bf", N, dtype="bfloat16", num_workers=0, device="cpu", progress=False)
     assert manifest["encode_dtype"] == "bfloat16"
-    got, ref = gpstoken.TokenDataset(tmp_path / "bf")[0], gpstoken.TokenDataset(reference)[1]
+    bf, fp = gpstoken.TokenDataset(tmp_path / "bf"), gpstoken.TokenDataset(reference)
+    got, ref = bf[0], fp[1]
     assert got["features"].dtype == torch.float32
-    for key, tol in (("geometry", 0.01), ("features", 0.05)):
+    # bfloat16 rounding, carried through the default model's 4 test-time fitting steps: the
+    # tokens differ (a Gaussian's centre by up to a few tenths of a cell), their images do not
+    for key, tol in (("geometry", 0.05), ("features", 0.3)):
         err = (got[key] - ref[key]).abs().max() / ref[key].abs().max()
-        assert 0 < err < tol, (key, err)  # bfloat16 rounding: not equal, but close
+        assert 0 < err < tol, (key, err)
+    tok = gpstoken.load_tokenizer("default", device="cpu")
+    image = to_tensor(center_crop(Image.open(photos / "coffee.png"), 256))[0]
+    psnr_bf, psnr_fp = (psnr(tok.decode_tensor(t.tokens(i)), image).item()
+                        for t, i in ((bf, 0), (fp, 1)))
+    assert abs(psnr_bf - psnr_fp) < 0.05, (psnr_bf, psnr_fp)
     assert _bytes(tmp_path / "auto") == _bytes(tmp_path / "bf")
     with pytest.raises(ValueError, match="encoded in bfloat16, this run encodes in float32 .* pass --dtype bfloat16"):
         tokenize(lst, tmp_path / "bf", N, dtype="float32", num_workers=0, device="cpu", progress=False)

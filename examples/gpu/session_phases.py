@@ -209,11 +209,16 @@ class Phases:
     def eval(self, box: float) -> dict[str, Any]:
         if not self.new_tokenizer.is_file():
             raise RuntimeError("no new tokenizer to evaluate (the train phase exported none)")
+        from gpstoken.checkpoint import fit_steps, read_metadata
+
         result = self.s.work / "eval.json"
         table = self.s.work / "heldout.md"
+        # both with the shipped model's test-time fitting (a training export carries none)
+        fit = fit_steps(read_metadata(REPO / SHIPPED_TOKENIZER), SHIPPED_TOKENIZER)
         rc = self.s.sh([self.py, "examples/evaluate_tokenizer.py", "bicubic", f"{SHIPPED_TOKENIZER}:adaptive",
                         f"{self.new_tokenizer}:adaptive", "--heldout", str(self.pack / "data" / "heldout"),
-                        "--json", str(result), *(["--tokens", "64", "--no-lpips"] if self.tiny else [])],
+                        "--fit-steps", str(fit), "--json", str(result),
+                        *(["--tokens", "64", "--no-lpips"] if self.tiny else [])],
                        box, capture=table)
         self.s.keep(table, "heldout.md")
         if rc != 0:

@@ -42,7 +42,7 @@ def _load_tokenizer_cached(name_or_path: str, arch: Optional[str], device: torch
     per_patch = meta.get("decode_per_patch") == "true" or any(
         s.decode_per_patch for s in (resolved.spec, hub.spec_of_arch(resolved.arch, "tokenizer")) if s is not None)
     return Tokenizer(model, hub.model_id(resolved), device, dtype, decode_per_patch=per_patch,
-                     resolved=resolved)
+                     resolved=resolved, fit_steps=checkpoint.fit_steps(meta, str(resolved.path)))
 
 
 def load_tokenizer(name_or_path: str | Path = "default", *, arch: Optional[str] = None, device=None,

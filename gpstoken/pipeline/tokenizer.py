@@ -16,9 +16,11 @@ from ..images import pad_to_patches
 from ..layout import Layout
 from ..models.configs import TokenizerConfig
 from ..models.memory_format import set_inference_format
+from ..models.token_fit import fit_tokens
 from ..models.tokenizer import GPSTokenizer
 from ..partition import partition_images
 from ..tokens import GPSTokens
+from ..validate import integer
 
 ImageLike = Any
 #: memory bounds (peak memory no longer grows with the image beyond its input-resolution maps):
@@ -38,10 +40,15 @@ class Tokenizer:
     of the encoded size, ``reconstruct`` does both (diffusers' ``vae.encode``/``vae.decode``
     pattern). Images of any size ``>= 32`` are padded to multiples of 256 internally and
     cropped back. ``resolved``: where the weights came from (None when built in memory).
+    ``fit_steps``: steps of test-time fitting after the encoder (:mod:`gpstoken.models.token_fit`;
+    0 = the encoder's tokens as they are, as in the official models); the checkpoint's
+    ``fit_steps`` metadata sets it (4 for the embedded default), ``encode(..., fit_steps=)``
+    overrides it per call.
     """
 
     def __init__(self, model: GPSTokenizer, name: str, device: torch.device, dtype: torch.dtype,
-                 *, decode_per_patch: bool = False, resolved: Optional[hub.ResolvedCheckpoint] = None):
+                 *, decode_per_patch: bool = False, resolved: Optional[hub.ResolvedCheckpoint] = None,
+                 fit_steps: int = 0):
         self.model = model.eval().to(device)
         set_inference_format(self.model, device)
         #: portable model id (registry name, Hub id or checkpoint file name), recorded in tokens
@@ -52,6 +59,7 @@ class Tokenizer:
         #: of one merged map with the patch-aware decoder (S64/M128)
         self.decode_per_patch = decode_per_patch
         self.resolved = resolved
+        self.fit_steps = fit_steps
 
     @property
     def config(self) -> TokenizerConfig:
@@ -72,15 +80,18 @@ class Tokenizer:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     # ------------------------------------------------------------------ image-level API
-    def encode(self, image: ImageLike, n_tokens: Optional[int] = None, *, layout: Optional[Layout] = None) -> GPSTokens:
+    def encode(self, image: ImageLike, n_tokens: Optional[int] = None, *, layout: Optional[Layout] = None,
+               fit_steps: Optional[int] = None) -> GPSTokens:
         """Encode images into GPS tokens.
 
         image: a PIL image, numpy array (HxWx3 uint8 or float in [0,1]), torch tensor
         ([3,H,W] or [B,3,H,W] float in [-1,1]) or a list of these; H, W >= 32. n_tokens: tokens
         per 256x256 patch (default: what the model was trained with); layout: a :class:`Layout`
-        from :func:`gpstoken.partition` / :func:`gpstoken.edit_layout` for these images.
+        from :func:`gpstoken.partition` / :func:`gpstoken.edit_layout` for these images;
+        fit_steps: test-time fitting steps (default ``self.fit_steps``; 0: none).
         Returns :class:`GPSTokens` with geometry [B, k*m*n_tokens, 5] and features [B, ..., C].
         """
+        fit_steps = self._fit_steps(fit_steps)
         x, kind = _images.to_tensor(image)
         if layout is None:
             layout = partition_images(x, n_tokens if n_tokens is not None else self.config.gps_num)
@@ -88,7 +99,10 @@ class Tokenizer:
             raise TypeError(f"layout: expected a gpstoken.Layout, got {type(layout).__name__}")
         elif n_tokens is not None and n_tokens != layout.n_tokens:
             raise ValueError(f"n_tokens: {n_tokens} disagrees with the layout's {layout.n_tokens} tokens per patch")
-        return self.encode_tensor(x, layout).with_source(kind)
+        return self.encode_tensor(x, layout, fit_steps=fit_steps).with_source(kind)
+
+    def _fit_steps(self, fit_steps: Optional[int]) -> int:
+        return self.fit_steps if fit_steps is None else integer(fit_steps, "fit_steps", low=0)
 
     def decode(self, tokens: GPSTokens) -> ImageLike:
         """Decode :class:`GPSTokens` into images of the encoded size, in the kind that was
@@ -99,13 +113,16 @@ class Tokenizer:
         return _images.from_tensor(self.decode_tensor(tokens), tokens.output_kind)
 
     def reconstruct(self, image: ImageLike, n_tokens: Optional[int] = None, *,
-                    layout: Optional[Layout] = None) -> ImageLike:
-        """``decode(encode(image, n_tokens, layout=layout))``: same kind and size as the input."""
-        return self.decode(self.encode(image, n_tokens, layout=layout))
+                    layout: Optional[Layout] = None, fit_steps: Optional[int] = None) -> ImageLike:
+        """``decode(encode(image, n_tokens, layout=layout, fit_steps=fit_steps))``: same kind and
+        size as the input."""
+        return self.decode(self.encode(image, n_tokens, layout=layout, fit_steps=fit_steps))
 
     # ------------------------------------------------------------------ tensor-level API
-    def encode_tensor(self, images: torch.Tensor, layout: Layout) -> GPSTokens:
-        """images: float [B,3,H,W] in [-1,1]; layout: a :class:`Layout` for those images."""
+    def encode_tensor(self, images: torch.Tensor, layout: Layout, *, fit_steps: Optional[int] = None) -> GPSTokens:
+        """images: float [B,3,H,W] in [-1,1]; layout: a :class:`Layout` for those images;
+        fit_steps: as in :meth:`encode` (trusted: an int >= 0 or None)."""
+        fit_steps = self.fit_steps if fit_steps is None else fit_steps
         b, _, h, w = images.shape
         if layout.image_size != (h, w):
             raise ValueError(f"layout: made for images of size {layout.image_size}, got images of size {(h, w)}")
@@ -116,17 +133,26 @@ class Tokenizer:
         g_init = layout.geometry.to(self.device).reshape(len(patches), n, GEOMETRY)
         regions = layout.regions.to(self.device).reshape(len(patches), n, REGION)
         chunks = range(0, len(patches), ENCODE_CHUNK)
-        with torch.inference_mode(), self._autocast():
-            tokens = torch.cat([
-                self.model.encode(patches[i:i + ENCODE_CHUNK], g_init[i:i + ENCODE_CHUNK],
-                                  regions[i:i + ENCODE_CHUNK]).float()
-                for i in tqdm(chunks, desc="encode", unit="chunk", disable=grid[0] * grid[1] <= PROGRESS_PATCHES,
-                              leave=False, dynamic_ncols=True)
-            ])
+        tokens = torch.cat([
+            self._encode_chunk(patches[i:i + ENCODE_CHUNK], g_init[i:i + ENCODE_CHUNK], regions[i:i + ENCODE_CHUNK],
+                               fit_steps)
+            for i in tqdm(chunks, desc="encode", unit="chunk", disable=grid[0] * grid[1] <= PROGRESS_PATCHES,
+                          leave=False, dynamic_ncols=True)
+        ])
         tokens = tokens.reshape(b, grid[0] * grid[1] * n, -1)
         model_id, model_hash = hub.portable_id(self)
         return GPSTokens(tokens[..., :GEOMETRY].contiguous(), tokens[..., GEOMETRY:].contiguous(),
                          (h, w), layout, model_id, model_hash=model_hash)
+
+    def _encode_chunk(self, patches: torch.Tensor, g_init: torch.Tensor, regions: torch.Tensor,
+                      fit_steps: int) -> torch.Tensor:
+        """patches: float [P,3,256,256] -> float32 tokens [P,N,5+C], fitted to each patch alone."""
+        with torch.inference_mode(), self._autocast():
+            tokens = self.model.encode(patches, g_init, regions).float()
+        if not fit_steps:
+            return tokens
+        with self._autocast():
+            return fit_tokens(self.model.decode, tokens.clone(), patches.clone(), fit_steps)
 
     def decode_tensor(self, tokens: GPSTokens) -> torch.Tensor:
         """Tokens -> float32 [B,3,H,W] in [-1,1] at the tokens' image size."""
@@ -173,6 +199,8 @@ class Tokenizer:
         """(state, config, extra metadata) of a tokenizer checkpoint of this model."""
         state = {k: v.detach().float() for k, v in self.model.state_dict().items()}
         extra = {"decode_per_patch": "true"} if self.decode_per_patch else {}
+        if self.fit_steps:
+            extra["fit_steps"] = str(self.fit_steps)
         return state, self.config.to_dict(), extra
 
     def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token: Optional[str] = None,
