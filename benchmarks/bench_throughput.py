@@ -1,7 +1,7 @@
 """Throughput (images/s) and peak memory of gpstoken's stages, batched vs a naive per-image loop.
 
     python benchmarks/bench_throughput.py [--models default m128] [--batch 1 4] [--dtype float32]
-                                          [--images 8] [--tokens 128] [--device cpu|cuda]
+                                          [--images 8] [--tokens 128] [--fit-steps N] [--device cpu|cuda]
 
 Stages, on 256x256 centre crops of the example photos (cycled):
 
@@ -181,6 +181,9 @@ def main() -> None:
                     help="torch threads of the naive loop (default: torch's default, what a user's loop gets)")
     ap.add_argument("--workers", type=int, default=None,
                     help="tokenize: DataLoader workers (default: gpstoken tokenize's default)")
+    ap.add_argument("--fit-steps", type=int, default=None,
+                    help="test-time fitting steps of encode, reconstruct and tokenize, batched and naive alike "
+                         "(default: each model's own: 4 for the embedded default, 0 for the official shapes)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     device = torch.device(a.device)
@@ -192,8 +195,10 @@ def main() -> None:
     pil = [photos[i % len(photos)] for i in range(n_img)]
     x_all = torch.cat([to_tensor(im)[0] for im in pil])
     what = torch.cuda.get_device_name(device) if cuda else f"CPU, {usable_cores()} cores"
+    fitting = "each model's own" if a.fit_steps is None else a.fit_steps
     print(f"device: {what}; torch {torch.__version__}, {torch.get_num_threads()} threads; {n_img} images of 256x256 "
-          f"per run, {a.tokens} tokens; best of {a.reps}, batched and naive runs taking turns; naive loop in "
+          f"per run, {a.tokens} tokens; best of {a.reps}, batched and naive runs taking turns; test-time fitting "
+          f"steps: {fitting} (both); naive loop in "
           f"{a.naive_dtype or 'the row dtype'} with {a.naive_threads or torch.get_num_threads()} threads; "
           f"load average at the start {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print("CPU ms/img: CPU time (user + system) of the process and its DataLoader workers per image; "
@@ -217,7 +222,7 @@ def main() -> None:
                         continue  # gpstoken tokenize --dtype: float32 or bfloat16
                     for b in batches:
                         fn, naive = _stage(stage, tok, naive_tok, ref, x_all, pil, src, tmp, b, a.tokens, device,
-                                           dtype, a.workers)
+                                           dtype, a.workers, a.fit_steps)
                         rows = measure([fn, _with_threads(naive, a.naive_threads)] if a.naive else [fn], n_img,
                                        device, a.reps)
                         (ips, mib, cpu), (nips, nmib, ncpu) = rows[0], rows[1] if a.naive else (float("nan"),) * 3
@@ -238,7 +243,7 @@ def _with_threads(fn, threads):
     return run
 
 
-def _stage(stage, tok, naive_tok, ref, x_all, pil, src, tmp, b, n, device, dtype, workers):
+def _stage(stage, tok, naive_tok, ref, x_all, pil, src, tmp, b, n, device, dtype, workers, fit):
     """(batched function with ``tok``, naive per-image function with ``naive_tok``) for one stage."""
     chunks = list(x_all.split(b))
     layouts = [gpstoken.partition(c, n) for c in chunks]
@@ -248,29 +253,30 @@ def _stage(stage, tok, naive_tok, ref, x_all, pil, src, tmp, b, n, device, dtype
         return (lambda: [gpstoken.partition(c, n) for c in chunks],
                 lambda: [gpstoken.partition(im, n) for im in pil])
     if stage == "encode":
-        return (lambda: [tok.encode_tensor(c, lay) for c, lay in zip(x_dev, layouts)],
-                lambda: [gpstoken.encode(im, n, model=naive_tok) for im in pil])
+        return (lambda: [tok.encode_tensor(c, lay, fit_steps=fit) for c, lay in zip(x_dev, layouts)],
+                lambda: [gpstoken.encode(im, n, model=naive_tok, fit_steps=fit) for im in pil])
     if stage == "decode":
-        tokens = [tok.encode_tensor(c, lay) for c, lay in zip(x_dev, layouts)]
-        single = [gpstoken.encode(im, n, model=naive_tok) for im in pil]
+        tokens = [tok.encode_tensor(c, lay, fit_steps=fit) for c, lay in zip(x_dev, layouts)]
+        single = [gpstoken.encode(im, n, model=naive_tok, fit_steps=fit) for im in pil]
         return (lambda: [tok.decode_tensor(t) for t in tokens],
                 lambda: [gpstoken.decode(t, model=naive_tok) for t in single])
     if stage == "reconstruct":
-        return (lambda: [tok.decode_tensor(tok.encode_tensor(c.to(device), gpstoken.partition(c, n))) for c in chunks],
-                lambda: [gpstoken.reconstruct(im, n, model=naive_tok) for im in pil])
+        return (lambda: [tok.decode_tensor(tok.encode_tensor(c.to(device), gpstoken.partition(c, n), fit_steps=fit))
+                         for c in chunks],
+                lambda: [gpstoken.reconstruct(im, n, model=naive_tok, fit_steps=fit) for im in pil])
     if stage == "tokenize":
         run = iter(range(10**6))
 
         def batched() -> None:
             tokenize(src, tmp / f"tok-{dtype}-{b}-{next(run)}", n, model=ref, batch_size=b, shard_size=max(64, b),
-                     num_workers=workers, device=str(device), dtype=dtype, progress=False)
+                     num_workers=workers, device=str(device), dtype=dtype, fit_steps=fit, progress=False)
 
         def naive() -> None:
             out = tmp / f"naive-{dtype}-{b}-{next(run)}"
             out.mkdir()
             for p in sorted(src.glob("*.png")):
                 img = center_crop(Image.open(p), 256)
-                gpstoken.encode(img, n, model=naive_tok).save(out / f"{p.stem}.gpst")
+                gpstoken.encode(img, n, model=naive_tok, fit_steps=fit).save(out / f"{p.stem}.gpst")
 
         return batched, naive
     raise ValueError(f"--stages: unknown stage {stage!r}")

@@ -41,8 +41,9 @@ from .inception import load_inception
 from .io import atomic_path, output_folder, write_safetensors, write_text
 from .metrics import STLPIPS, STLPIPS_INSTALL, FeatureMoments, frechet_distance, psnr, ssim, stlpips_available
 from .pipeline import Tokenizer, load_tokenizer, pick_device
-from .pretokenize import PREPROCESSING, check_int, check_token_count, encode_batch, fit_steps_of
+from .pretokenize import PREPROCESSING, check_token_count, encode_batch, fit_steps_of
 from .sources import open_source
+from .validate import integer
 
 METRICS = (("psnr", "PSNR (dB)", "higher"), ("ssim", "SSIM", "higher"), ("st_lpips", "ST-LPIPS", "lower"),
            ("rfid", "rFID", "lower"))
@@ -111,11 +112,11 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
         raise ValueError(f"--tokens: expected one or more token counts, got {token_counts!r}")
     counts = sorted({check_token_count(n) for n in token_counts})
     if fit_steps is not None:
-        fit_steps = check_int(fit_steps, "--fit-steps", 0)
-    size = check_int(size, "--size", MIN_SIDE)
-    batch_size = check_int(batch_size, "--batch-size", 1)
+        fit_steps = integer(fit_steps, "--fit-steps", low=0)
+    size = integer(size, "--size", low=MIN_SIDE)
+    batch_size = integer(batch_size, "--batch-size", low=1)
     if num_workers is not None:
-        num_workers = check_int(num_workers, "--workers", 0)
+        num_workers = integer(num_workers, "--workers", low=0)
     output_folder(out, "--out")
     if fid_weights is not None and not Path(fid_weights).is_file():
         raise FileNotFoundError(f"--fid-weights: no such file {fid_weights}; give torch-fidelity's Inception weights "

@@ -38,20 +38,14 @@ from .pipeline import Tokenizer, load_tokenizer, pick_device
 from .pipeline.devices import fast_dtype
 from .sources import open_source
 from .tokens import GPSTokens
+from .validate import integer
 
 PREPROCESSING = "shorter side resized to {size} (bicubic, antialiased), centre {size}x{size} crop"
 
 
-def check_int(value: Any, name: str, low: int) -> int:
-    """``value`` as an int >= ``low``; else a ValueError naming the argument ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    return value
-
-
 def check_token_count(n_tokens: Any, name: str = "--tokens") -> int:
     """``n_tokens`` as an int that the entropy partition can reach on a 256 patch."""
-    n = check_int(n_tokens, name, 1)
+    n = integer(n_tokens, name, low=1)
     if n > max_cells(PATCH, PATCH):
         raise ValueError(f"{name}: at most {max_cells(PATCH, PATCH)} tokens per 256x256 patch, got {n}")
     return n
@@ -106,13 +100,13 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
     :data:`gpstoken.image_dataset.MAX_CPU_WORKERS`; 0: everything in this process).
     """
     n_tokens = check_token_count(n_tokens)
-    size = check_int(size, "--size", MIN_SIDE)
-    batch_size = check_int(batch_size, "--batch-size", 1)
-    shard_size = check_int(shard_size, "--shard-size", 1)
+    size = integer(size, "--size", low=MIN_SIDE)
+    batch_size = integer(batch_size, "--batch-size", low=1)
+    shard_size = integer(shard_size, "--shard-size", low=1)
     if num_workers is not None:
-        num_workers = check_int(num_workers, "--workers", 0)
+        num_workers = integer(num_workers, "--workers", low=0)
     if fit_steps is not None:
-        fit_steps = check_int(fit_steps, "--fit-steps", 0)
+        fit_steps = integer(fit_steps, "--fit-steps", low=0)
     output_folder(out, "OUT")
     procs = Processes.from_env()
     source = open_source(src, split=split, image_column=image_column, labeled=labeled)

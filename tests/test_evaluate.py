@@ -122,5 +122,5 @@ def test_worker_pipeline_gives_the_in_process_numbers(photos, one_process, tmp_p
                        fid_features=_pool_features, progress=False)
     assert results["results"] == one_process[1]["results"]
     assert [s["id"] for s in results["skipped"]] == ["broken.jpg"]
-    with pytest.raises(ValueError, match="--workers: expected an integer >= 0, got -1"):
+    with pytest.raises(ValueError, match="--workers: must be an int >= 0, got -1"):
         evaluate(photos, ["default"], COUNTS, out=tmp_path, num_workers=-1, device="cpu")

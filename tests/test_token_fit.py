@@ -84,7 +84,7 @@ def test_multi_patch_image_is_fitted_patch_by_patch(default):
 
 
 @pytest.mark.parametrize("value, error, match", [
-    (-1, ValueError, r"fit_steps: must be an int in \[0, inf\], got -1"),
+    (-1, ValueError, r"fit_steps: must be an int >= 0, got -1"),
     (1.5, TypeError, r"fit_steps: expected an int, got float 1.5"),
 ])
 def test_bad_fit_steps_are_refused_naming_the_argument(tiny_tokenizer, value, error, match):

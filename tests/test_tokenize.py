@@ -145,9 +145,9 @@ def test_list_file_source_and_errors(photos, reference, tmp_path, capsys):
         assert main(["tokenize", *args]) == 1
         return capsys.readouterr().err
 
-    assert "--tokens: expected an integer >= 1" in err(str(lst), str(tmp_path / "x"), "--tokens", "0")
+    assert "--tokens: must be an int >= 1, got 0" in err(str(lst), str(tmp_path / "x"), "--tokens", "0")
     assert "at most" in err(str(lst), str(tmp_path / "x"), "--tokens", "5000")
-    assert "--workers: expected an integer >= 0, got -1" in err(str(lst), str(tmp_path / "x"), "--tokens", "8",
+    assert "--workers: must be an int >= 0, got -1" in err(str(lst), str(tmp_path / "x"), "--tokens", "8",
                                                                 "--workers", "-1")
     assert "does not exist" in err(str(tmp_path / "missing"), str(tmp_path / "x"), "--tokens", "8")
     assert "no images" in err(str(tmp_path / "lst"), str(tmp_path / "x"), "--tokens", "8")

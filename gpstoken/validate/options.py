@@ -22,8 +22,9 @@ def integer(value: Any, name: str, *, low: int | None = None, high: int | None =
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name}: must be an int in [{low if low is not None else '-inf'}, "
-                         f"{high if high is not None else 'inf'}], got {value}")
+        bounds = (f"in [{low}, {high}]" if low is not None and high is not None
+                  else f">= {low}" if low is not None else f"<= {high}")
+        raise ValueError(f"{name}: must be an int {bounds}, got {value}")
     return value
 
 
