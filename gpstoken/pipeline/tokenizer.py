@@ -73,7 +73,7 @@ class Tokenizer:
     def __repr__(self) -> str:
         c = self.config
         return (f"Tokenizer({self.name!r}, tokens/patch={c.gps_num}, features={c.gps_c}, "
-                f"device={self.device}, dtype={self.dtype})")
+                f"fit_steps={self.fit_steps}, device={self.device}, dtype={self.dtype})")
 
     def _autocast(self, dtype: Optional[torch.dtype] = None):
         dtype = self.dtype if dtype is None else dtype
