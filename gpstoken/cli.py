@@ -125,6 +125,12 @@ def _show_model(spec) -> None:
     print(f"{spec.name}: {spec.description}")
     if not spec.embedded:
         print(f"  file: {spec.repo_id}:{spec.filename} (revision {spec.revision})")
+    if spec.kind == "tokenizer" and spec.embedded:
+        from . import checkpoint, hub
+
+        path = hub.resolve(spec.name, "tokenizer").path
+        steps = checkpoint.fit_steps(checkpoint.read_metadata(path), str(path))
+        print(f"  encode: the encoder, then {steps} test-time fitting steps (--fit-steps 0: the encoder alone)")
     if spec.kind == "generator":
         config = spec.generator_config() if spec.arch is not None else _embedded_generator_config(spec)
         s = config.sampling

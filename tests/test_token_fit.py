@@ -111,3 +111,8 @@ def test_cli_fit_steps_error_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code != 0 and "Traceback" not in err and "--fit-steps: must be" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "s.gpst").exists()
+
+
+def test_models_command_says_how_the_default_encodes(capsys):
+    assert cli.main(["models", "gpstoken-tiny"]) == 0
+    assert "then 4 test-time fitting steps (--fit-steps 0: the encoder alone)" in capsys.readouterr().out
