@@ -60,6 +60,16 @@ def test_zero_steps_give_the_encoders_tokens(default, coffee):
     assert torch.equal(a.geometry, b.geometry) and torch.equal(a.features, b.features)
 
 
+def test_fitting_works_under_no_grad_and_inference_mode(default, coffee):
+    """Users often wrap inference in torch.no_grad() / torch.inference_mode(): same tokens."""
+    layout = gpstoken.partition(coffee, 32)
+    ref = default.encode_tensor(coffee, layout, fit_steps=1)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            got = default.encode_tensor(coffee, layout, fit_steps=1)
+        assert torch.equal(got.geometry, ref.geometry) and torch.equal(got.features, ref.features), mode
+
+
 def test_fit_tokens_follows_the_decoder_it_is_given():
     """A toy decoder whose best tokens are known: fitting moves the features towards them."""
     target = torch.full((1, 3, 256, 256), 0.5)

@@ -41,11 +41,17 @@ def fit_tokens(decode: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Ten
 
     decode: tokens float [P,N,5+C] -> images float [P,3,256,256] (one patch each, grid (1,1));
     it runs under the caller's autocast. tokens: float [P,N,5+C] (sigma > 0, |rho| < 1) as the
-    encoder made them; patches: float [P,3,256,256] in [-1,1]; steps >= 1.
+    encoder made them; patches: float [P,3,256,256] in [-1,1]; steps >= 1. Works under any
+    grad mode of the caller, ``torch.inference_mode`` included (the inputs are copied outside it).
     Returns detached float32 tokens [P,N,5+C] after ``steps`` Adam steps.
     """
-    tokens = tokens.detach().float()
-    patches = patches.detach().float()
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit(decode, tokens.detach().float().clone(), patches.detach().float().clone(), steps)
+
+
+def _fit(decode: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor, patches: torch.Tensor,
+         steps: int) -> torch.Tensor:
+    """:func:`fit_tokens` on float32 copies that autograd may use, with gradients enabled."""
     g0 = tokens[..., :GEOMETRY]
     sigma0 = g0[..., :2]
     features = tokens[..., GEOMETRY:].clone().requires_grad_(True)
@@ -61,16 +67,15 @@ def fit_tokens(decode: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Ten
     rates = [LR_FEATURES, LR_GEOMETRY]
     opt = torch.optim.Adam([{"params": params[:1], "lr": rates[0]}, {"params": params[1:], "lr": rates[1]}],
                            betas=BETAS, eps=_EPS * LOSS_SCALE)
-    with torch.enable_grad():
-        for k in range(steps):
-            decay = 0.5 * (1 + math.cos(math.pi * k / steps))
-            for group, lr in zip(opt.param_groups, rates):
-                group["lr"] = lr * decay
-            err = decode(current()).float() - patches
-            loss = err.square().mean(dim=(1, 2, 3)).sum() * LOSS_SCALE
-            with torch.autocast(patches.device.type, enabled=False):  # backward as after an autocast region
-                grads = torch.autograd.grad(loss, params)
-            for p, grad in zip(params, grads):
-                p.grad = grad
-            opt.step()
+    for k in range(steps):
+        decay = 0.5 * (1 + math.cos(math.pi * k / steps))
+        for group, lr in zip(opt.param_groups, rates):
+            group["lr"] = lr * decay
+        err = decode(current()).float() - patches
+        loss = err.square().mean(dim=(1, 2, 3)).sum() * LOSS_SCALE
+        with torch.autocast(patches.device.type, enabled=False):  # backward as after an autocast region
+            grads = torch.autograd.grad(loss, params)
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        opt.step()
     return current().detach()

@@ -152,7 +152,7 @@ class Tokenizer:
         if not fit_steps:
             return tokens
         with self._autocast():
-            return fit_tokens(self.model.decode, tokens.clone(), patches.clone(), fit_steps)
+            return fit_tokens(self.model.decode, tokens, patches, fit_steps)
 
     def decode_tensor(self, tokens: GPSTokens) -> torch.Tensor:
         """Tokens -> float32 [B,3,H,W] in [-1,1] at the tokens' image size."""
