@@ -76,6 +76,21 @@ def fit_steps_of(toks: Sequence[Tokenizer], fit_steps: Optional[int]) -> list[in
     return [t.fit_steps if fit_steps is None else fit_steps for t in toks]
 
 
+#: run options a shard records that a resumed run must repeat: manifest key -> (flag, what differs)
+_RESUME_OPTIONS = {"encode_dtype": ("--dtype", "encoded in {old}, this run encodes in {new}"),
+                   "fit_steps": ("--fit-steps", "encoded with {old} test-time fitting steps, this run with {new}")}
+
+
+def _option_mismatch(shard: Path, old: dict[str, Any], new: dict[str, Any], given: dict[str, Any]) -> str:
+    """The error for a shard written by the same run but with other :data:`_RESUME_OPTIONS`:
+    what differs and the flags that resume it (``given``: the flags as this run got them)."""
+    keys = [k for k in _RESUME_OPTIONS if old.get(k) != new[k]]
+    what = " and ".join(_RESUME_OPTIONS[k][1].format(old=old.get(k), new=new[k]) + f" ({_RESUME_OPTIONS[k][0]} "
+                        f"{given[k]})" for k in keys)
+    flags = " ".join(f"{_RESUME_OPTIONS[k][0]} {old.get(k)}" for k in keys)
+    return f"OUT: {shard} was {what}; to resume it pass {flags}, or use another OUT folder"
+
+
 def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, model: str = "default",
              size: int = 256, batch_size: int = 32, shard_size: int = 1024, num_workers: Optional[int] = None,
              split: str = "train", image_column: Optional[str] = None, labeled: bool = False,
@@ -132,10 +147,10 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
         info = shards.shard_info(out / shards.shard_name(s))
         if info is None:
             pending.append(s)
-        elif info["run"] != run and {**info["run"], "encode_dtype": run["encode_dtype"]} == run:
-            raise ValueError(f"OUT: {out / shards.shard_name(s)} was encoded in {info['run'].get('encode_dtype')}, "
-                             f"this run encodes in {run['encode_dtype']} (--dtype {dtype or 'auto'}); to resume it "
-                             f"pass --dtype {info['run'].get('encode_dtype')}, or use another OUT folder")
+        elif info["run"] != run and set(_RESUME_OPTIONS) <= set(info["run"]) and \
+                {**info["run"], **{k: run[k] for k in _RESUME_OPTIONS}} == run:
+            given = {"encode_dtype": dtype or "auto", "fit_steps": "default" if fit_steps is None else fit_steps}
+            raise ValueError(_option_mismatch(out / shards.shard_name(s), info["run"], run, given))
         elif info["run"] != run or sorted(info["ids"] + [k["id"] for k in info["skipped"]]) != sorted(ids):
             raise ValueError(f"OUT: {out / shards.shard_name(s)} was written by a different run "
                              f"({info['run']} vs {run}, or other images); use another OUT folder or delete it")

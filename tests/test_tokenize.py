@@ -243,6 +243,17 @@ def test_bfloat16_encoder_on_cpu(photos, reference, tmp_path):
         tokenize(lst, tmp_path / "bf", N, dtype="float32", num_workers=0, device="cpu", progress=False)
 
 
+def test_resuming_with_other_fitting_steps_names_the_flag(photos, tmp_path):
+    """A shard records its test-time fitting steps; a rerun with other steps is refused with the
+    --fit-steps that resumes it (the default model fits 4 steps by default)."""
+    lst = tmp_path / "one.txt"
+    lst.write_text(f"{photos / 'coffee.png'}\n")
+    tokenize(lst, tmp_path / "out", N, fit_steps=0, num_workers=0, device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"shard-00000.safetensors was encoded with 0 test-time fitting steps, this "
+                                         r"run with 4 \(--fit-steps default\); to resume it pass --fit-steps 0, or"):
+        tokenize(lst, tmp_path / "out", N, num_workers=0, device="cpu", progress=False)
+
+
 def test_process_layout_shares_the_cores(monkeypatch):
     """CPU runs split the usable cores among the processes of a machine (encoding workers)."""
     from gpstoken.image_dataset import Processes, usable_cores
