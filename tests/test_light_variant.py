@@ -112,3 +112,32 @@ def test_loaded_light_stem_runs_channels_last_on_the_cpu(tmp_path):
     official = TOKENIZER_ARCHS["gpstoken-m128"]
     assert stem_memory_format(official, torch.device("cpu")) == torch.contiguous_format
     assert stem_memory_format(model.config, torch.device("cuda")) == torch.contiguous_format
+
+
+def test_decoder_runs_nchw_under_autograd_on_the_cpu_with_the_same_values():
+    """The decoder's layout policy: channels-last at inference, NCHW under autograd on the CPU
+    (test-time fitting, training), where torch's group-norm backward is cheaper. The image and the
+    gradient of its input are those of the channels-last run, up to float rounding."""
+    from gpstoken.models import decoder as decoder_module
+    from gpstoken.models.memory_format import decoder_memory_format
+
+    torch.manual_seed(3)
+    dec = _light().decoder.eval()
+    z = torch.randn(2, dec.conv_in.in_channels, 64, 64)
+    with torch.no_grad():
+        assert decoder_memory_format(z) == torch.channels_last
+        want = dec(z)
+    zg = z.clone().requires_grad_(True)
+    assert decoder_memory_format(zg) == torch.contiguous_format
+    got = dec(zg)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    (grad,) = torch.autograd.grad(got.square().sum(), zg)
+    original = decoder_module.decoder_memory_format
+    try:  # the same backward through the channels-last map
+        decoder_module.decoder_memory_format = lambda z: torch.channels_last
+        zc = z.clone().requires_grad_(True)
+        (grad_cl,) = torch.autograd.grad(dec(zc).square().sum(), zc)
+    finally:
+        decoder_module.decoder_memory_format = original
+    torch.testing.assert_close(grad, grad_cl, atol=1e-4, rtol=1e-4)
+    assert grad.abs().max() > 0

@@ -8,9 +8,10 @@ each 256-pixel patch.
 
 Speed: the norm statistics come from torch's group-norm kernel and the rest is folded into
 one per-channel scale/shift (swish fused in place), attention runs through
-``F.scaled_dot_product_attention``, the map is kept channels-last so the convolutions need no
-layout reorders, and the residual blocks' wide 3x3 convolutions run as Winograd F(2x2, 3x3)
-on CPU at inference (:mod:`gpstoken.models.winograd`).
+``F.scaled_dot_product_attention``, the map's layout comes from
+:func:`gpstoken.models.memory_format.decoder_memory_format` (channels-last at inference), and
+the residual blocks' wide 3x3 convolutions run as Winograd F(2x2, 3x3) on CPU at inference
+(:mod:`gpstoken.models.winograd`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from ..geometry import Grid, join_patches, split_patches
 from .configs import DecoderConfig
+from .memory_format import decoder_memory_format
 from .winograd import Conv3x3
 
 __all__ = ["PatchGroupNorm", "Decoder", "Norms", "Stage"]
@@ -98,7 +100,7 @@ class PatchGroupNorm(nn.Module):
             # _VAR_FLOOR only keeps a constant group finite (0 * inf); it is far below any real var.
             y, _, rstd = torch.native_group_norm(x, None, None, b, c, hh * ww, g, _VAR_FLOOR)
             scale = self.weight / (1.0 + self.eps * rstd).repeat_interleave(c // g, 1)  # [B,C]
-            y = y.mul_(scale[:, :, None, None]).add_(self.bias[:, None, None])
+            y = y.mul_(scale[:, :, None, None].to(y.dtype)).add_(self.bias[:, None, None].to(y.dtype))
         else:
             blocks = x.view(b, g, c // g, k, hh // k, m, ww // m)
             var, mean = torch.var_mean(blocks, dim=(2, 4, 6), unbiased=False)  # [B,G,k,m]
@@ -242,7 +244,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor, grid: Grid = (1, 1)) -> torch.Tensor:
         """z: float [B, z_channels, k*h0, m*w0] -> float [B, out_ch, k*h0*s, m*w0*s], s = 2^(L-1) * out_shuffle."""
-        h = z.contiguous(memory_format=torch.channels_last)
+        h = z.contiguous(memory_format=decoder_memory_format(z))
         for stage in self.stages():
             h = stage.run(h, grid)
         return h.contiguous()
