@@ -193,7 +193,7 @@ def _cmd_eval(a: argparse.Namespace) -> None:
 
     results = evaluate(a.src, a.model, a.tokens, out=a.out, size=a.size, batch_size=a.batch_size,
                        fid_weights=a.fid_weights, num_workers=a.workers, split=a.split, image_column=a.image_column,
-                       device=a.device, fit_steps=a.fit_steps)
+                       device=a.device, dtype=a.dtype, fit_steps=a.fit_steps)
     if results is None:
         return
     print(markdown_table(results))
@@ -242,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser, model_default: Optional[str] = "default") -> None:
         sp.add_argument("--model", default=model_default, help="registry name, Hub repo id or local .safetensors")
         sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+    def run_dtype(sp: argparse.ArgumentParser, record: str) -> None:
+        sp.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="encoder precision (auto: bfloat16 on CUDA and on a CPU with native bfloat16, AVX512-BF16 "
+                             f"or AMX, else float32; float32: exact tokens; {record} records the dtype used)")
 
     def fit_steps(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--fit-steps", type=int, default=None,
@@ -305,9 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--split", default="train", help="dataset split (datasets sources)")
     k.add_argument("--image-column", default=None, help="image column (datasets sources; default: the first Image)")
     k.add_argument("--labeled", action="store_true", help="SRC's sub-folders are classes: store each image's class")
-    k.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="encoder precision (auto: bfloat16 on CUDA and on a CPU with native bfloat16, AVX512-BF16 "
-                        "or AMX, else float32; float32: exact tokens; the manifest records the dtype used)")
+    run_dtype(k, "the manifest")
     fit_steps(k)
     common(k)
     k.set_defaults(func=_cmd_tokenize)
@@ -335,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--split", default="train", help="dataset split (datasets sources)")
     v.add_argument("--image-column", default=None, help="image column (datasets sources)")
     v.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
+    run_dtype(v, "eval.json")
     fit_steps(v)
     v.set_defaults(func=_cmd_eval)
 

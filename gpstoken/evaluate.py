@@ -41,6 +41,7 @@ from .inception import load_inception
 from .io import atomic_path, output_folder, write_safetensors, write_text
 from .metrics import STLPIPS, STLPIPS_INSTALL, FeatureMoments, frechet_distance, psnr, ssim, stlpips_available
 from .pipeline import Tokenizer, load_tokenizer, pick_device
+from .pipeline.devices import run_dtype
 from .pretokenize import PREPROCESSING, check_token_count, encode_batch, fit_steps_of
 from .sources import open_source
 from .validate import integer
@@ -91,7 +92,8 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
              out: str | os.PathLike = "eval", size: int = 256, batch_size: int = 16, fid_weights: Optional[str] = None,
              fid_features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, num_workers: Optional[int] = None,
              split: str = "train", image_column: Optional[str] = None, device: Optional[str] = None,
-             fit_steps: Optional[int] = None, progress: bool = True) -> Optional[dict[str, Any]]:
+             dtype: Optional[str] = None, fit_steps: Optional[int] = None,
+             progress: bool = True) -> Optional[dict[str, Any]]:
     """Evaluate ``models`` at each of ``token_counts`` on the images of ``src`` (see the
     module doc). Returns the results dict (also written to ``out/eval.json``) from the
     process that merged them, else None.
@@ -100,8 +102,10 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     instead of the standard Inception (numbers then are not comparable to published FIDs).
     num_workers: DataLoader worker processes, as ``gpstoken tokenize``'s (on the CPU one per
     usable core by default, each encoding and decoding its batches; 0: everything here).
-    fit_steps: test-time fitting steps for every model (default: each model's own), recorded
-    per model in the results (``fit_steps``).
+    dtype: the encode's dtype, as ``gpstoken tokenize``'s (``"auto"`` / None: bfloat16 on CUDA and
+    on a CPU with native bfloat16, else float32); the decode runs in it too. Recorded in the
+    results (``encode_dtype``). fit_steps: test-time fitting steps for every model (default:
+    each model's own), recorded per model in the results (``fit_steps``).
     """
     if isinstance(models, str) or not models:
         raise ValueError(f"--model: expected one or more model names, got {models!r}")
@@ -124,7 +128,7 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     procs = Processes.from_env()
     source = open_source(src, split=split, image_column=image_column)
     dev = pick_device(device) if device is not None else procs.device()
-    dtype = "bfloat16" if dev.type == "cuda" else None
+    dtype = run_dtype(dtype, dev)
     toks = [load_tokenizer(m, device=dev, dtype=dtype) for m in models]
     fits = fit_steps_of(toks, fit_steps)
     if fid_features is not None:
@@ -138,7 +142,7 @@ def evaluate(src: str | os.PathLike, models: Sequence[str], token_counts: Sequen
     all_batches = [list(range(b, min(len(source), b + batch_size))) for b in range(0, len(source), batch_size)]
     batches = all_batches[procs.rank::procs.world]
     header = {"source": source.description, "source_images": len(source), "image_size": [size, size],
-              "preprocessing": PREPROCESSING.format(size=size), "encode_dtype": dtype or "float32",
+              "preprocessing": PREPROCESSING.format(size=size), "encode_dtype": dtype,
               "models": [portable_id(t)[0] for t in toks], "model_sha256": [portable_id(t)[1] for t in toks],
               "tokens": counts, "fit_steps": fits}
     sums = _run(toks, fits, keys, counts, source, size, batches, features, lpips, num_workers,
@@ -276,6 +280,8 @@ def markdown_table(results: dict[str, Any]) -> str:
                          else f"{v:.4f}" if m == "ssim" or m == "st_lpips" else f"{v:.2f}")
         lines.append(f"| {r['model']} | {r['tokens']} | " + " | ".join(cells) + " |")
     notes = [f"\n{results['images']} images of {results['source']} ({results['preprocessing']})."]
+    if results.get("encode_dtype", "float32") != "float32":
+        notes.append(f"Encoded and decoded in {results['encode_dtype']} (--dtype float32 for float32).")
     if any(results.get("fit_steps", ())):
         notes.append("Test-time fitting steps after the encoder: " + ", ".join(
             f"{m} {k}" for m, k in zip(results["models"], results["fit_steps"])) + ".")

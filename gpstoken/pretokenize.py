@@ -35,7 +35,7 @@ from .io import output_folder
 from .layout import Layout
 from .partition import max_cells
 from .pipeline import Tokenizer, load_tokenizer, pick_device
-from .pipeline.devices import fast_dtype
+from .pipeline.devices import run_dtype
 from .sources import open_source
 from .tokens import GPSTokens
 from .validate import integer
@@ -126,9 +126,7 @@ def tokenize(src: str | os.PathLike, out: str | os.PathLike, n_tokens: int, *, m
     procs = Processes.from_env()
     source = open_source(src, split=split, image_column=image_column, labeled=labeled)
     dev = pick_device(device) if device is not None else procs.device()
-    if dtype not in (None, "auto", "float32", "bfloat16"):
-        raise ValueError(f"--dtype: expected auto, float32 or bfloat16, got {dtype!r}")
-    tok = load_tokenizer(model, device=dev, dtype=fast_dtype(dev) if dtype in (None, "auto") else dtype)
+    tok = load_tokenizer(model, device=dev, dtype=run_dtype(dtype, dev))
     fit = fit_steps_of([tok], fit_steps)[0]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

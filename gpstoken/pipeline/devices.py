@@ -56,3 +56,12 @@ def fast_dtype(device: torch.device) -> str:
     else "float32" (emulated bfloat16 is slower than float32)."""
     fast = device.type == "cuda" or (device.type == "cpu" and native_cpu_bfloat16())
     return "bfloat16" if fast else "float32"
+
+
+def run_dtype(option: Optional[str], device: torch.device) -> str:
+    """The encode dtype of a dataset job's ``--dtype`` option (``gpstoken tokenize`` / ``eval``):
+    ``"auto"`` / None: :func:`fast_dtype`; ``"float32"`` or ``"bfloat16"`` as given (checked
+    against ``device`` by the loader)."""
+    if option not in (None, "auto", "float32", "bfloat16"):
+        raise ValueError(f"--dtype: expected auto, float32 or bfloat16, got {option!r}")
+    return fast_dtype(device) if option in (None, "auto") else option
