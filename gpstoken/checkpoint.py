@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -37,6 +37,7 @@ from .geometry import GEOMETRY
 from .io import write_safetensors
 from .models.configs import SIT_ARCHS, SiTConfig
 from .sampling import SamplingDefaults
+from .validate import config_fields
 
 __all__ = [
     "BANK_PREFIX", "CheckpointFormatError", "CheckpointMismatchError", "CheckpointNotFoundError", "FORMAT",
@@ -302,10 +303,7 @@ class GeneratorConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GeneratorConfig":
         """Parse a stored config; CheckpointFormatError naming the field when it is malformed."""
-        known = {f.name for f in fields(cls)} | {"n_tokens"}
-        unknown = set(d) - known
-        if unknown:
-            raise CheckpointFormatError(f"generator config: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        config_fields(cls, d, "generator config", also=frozenset({"n_tokens"}), error=CheckpointFormatError)
         for key in ("texture", "latent_mean", "latent_std", "tokenizer"):
             if key not in d:
                 raise CheckpointFormatError(f"generator config: missing {key!r} (a layout-only export is not a "

@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import validate
+
 __all__ = [
     "SAMPLERS", "SamplingDefaults", "VelocityFn", "cfg_velocity", "check_sampling", "sample", "sample_dopri5",
     "sample_euler", "sample_heun", "sample_sde", "sbdm_diffusion", "score_from_velocity",
@@ -67,9 +69,7 @@ class SamplingDefaults:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SamplingDefaults":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"sampling: unknown fields {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        validate.config_fields(cls, d, "sampling")
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**fields)
 

@@ -5,8 +5,10 @@ configs round-trip through official YAML/JSON unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..validate import config_fields
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,7 @@ class SiTConfig:
 
 
 def _build(cls, d: dict[str, Any]):
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config fields {sorted(unknown)}; known: {sorted(names)}")
+    config_fields(cls, d, cls.__name__)
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     return cls(**kw)
 

@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -16,6 +16,8 @@ import torch
 from .. import validate
 from ..io import commit_dir, partial_dir, write_text
 from .data import DataConfig
+
+_FILE_KEYS = frozenset({"kind", "$comment"})  # keys a config file may hold beside the fields
 
 #: modules training needs beyond the core ones it already imports (checked against the ``train``
 #: extra and the core dependencies by tests/test_packaging.py)
@@ -96,12 +98,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names - {"kind", "$comment"}
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown config fields {sorted(unknown)}; known: {sorted(names)}")
+        validate.config_fields(cls, d, cls.__name__, also=_FILE_KEYS)
         validate.config_values(cls, d, cls.__name__)
-        kw: dict[str, Any] = {k: (tuple(v) if k == "betas" else v) for k, v in d.items() if k in names}
+        kw: dict[str, Any] = {k: (tuple(v) if k == "betas" else v) for k, v in d.items() if k not in _FILE_KEYS}
         return cls(**kw)
 
     @classmethod

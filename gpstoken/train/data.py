@@ -15,7 +15,7 @@ Sources: :mod:`gpstoken.train.photos` (offline photos, folders); layouts:
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -116,10 +116,7 @@ class DataConfig:
 
 
 def _dataclass_from_dict(cls, d: dict[str, Any], where: str):
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"{where}: unknown fields {sorted(unknown)}; known: {sorted(names)}")
+    validate.config_fields(cls, d, where)
     validate.config_values(cls, d, where)
     return cls(**{k: tuple(v) if isinstance(v, list) and k != "n_tokens" else v for k, v in d.items()})
 

@@ -17,14 +17,14 @@ Gaussian values), :mod:`.partition` (partition options, grey patches, bias, cell
 from __future__ import annotations
 
 from .images import IMAGE_TOLERANCE, image_tensor, numpy_image
-from .options import as_rows, as_tensor, config_values, flag, integer, moves, number, size_pair
+from .options import as_rows, as_tensor, config_fields, config_values, flag, integer, moves, number, size_pair
 from .partition import bias_map, grey_patch, partition_cells, partition_options, priority, reachable_tokens
 from .render import render_inputs
 from .tokens import LAYOUT_TOLERANCE, gaussians, layout_tensors, token_tensors
 
 __all__ = [
-    "IMAGE_TOLERANCE", "LAYOUT_TOLERANCE", "as_rows", "as_tensor", "bias_map", "config_values", "flag", "gaussians",
-    "grey_patch", "image_tensor", "integer", "layout_tensors", "moves", "number", "numpy_image",
+    "IMAGE_TOLERANCE", "LAYOUT_TOLERANCE", "as_rows", "as_tensor", "bias_map", "config_fields", "config_values", "flag",
+    "gaussians", "grey_patch", "image_tensor", "integer", "layout_tensors", "moves", "number", "numpy_image",
     "partition_cells", "partition_options", "priority", "reachable_tokens", "render_inputs", "size_pair",
     "token_tensors",
 ]

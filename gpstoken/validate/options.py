@@ -101,6 +101,16 @@ def size_pair(value: Any, name: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def config_fields(cls: type, values: Mapping[str, Any], where: str, *, also: frozenset[str] = frozenset(),
+                  error: type[Exception] = ValueError) -> None:
+    """Every key of a config mapping read for the dataclass ``cls`` is one of its fields (or in
+    ``also``); else ``error`` naming ``where``, the unknown keys and the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)} | also
+    unknown = set(values) - known
+    if unknown:
+        raise error(f"{where}: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+
+
 def config_values(cls: type, values: Mapping[str, Any], where: str) -> None:
     """Values read from a config file for the dataclass ``cls``: each field declared as exactly
     ``bool``, ``int``, ``float`` or ``str`` must get a value of that kind (an int for a float is
