@@ -57,8 +57,9 @@ def _cmd_reconstruct(a: argparse.Namespace) -> None:
 
     _check_outputs(a.output, a.layout)
     img = _open_image(a.input)
-    tokens = gpstoken.encode(img, a.tokens, model=a.model, device=a.device, fit_steps=a.fit_steps)
-    _save_image(gpstoken.decode(tokens, device=a.device), a.output)
+    tok = gpstoken.load_tokenizer(a.model, device=a.device, dtype=a.dtype)
+    tokens = tok.encode(img, a.tokens, fit_steps=a.fit_steps)
+    _save_image(tok.decode(tokens), a.output)
     if a.layout:
         _save_image(tokens.draw(img), a.layout)
 
@@ -69,7 +70,8 @@ def _cmd_encode(a: argparse.Namespace) -> None:
     from .tokens import token_file
 
     token_file(a.output, "-o")
-    tokens = gpstoken.encode(_open_image(a.input), a.tokens, model=a.model, device=a.device, fit_steps=a.fit_steps)
+    tok = gpstoken.load_tokenizer(a.model, device=a.device, dtype=a.dtype)
+    tokens = tok.encode(_open_image(a.input), a.tokens, fit_steps=a.fit_steps)
     path = tokens.save(a.output)
     print(f"wrote {path} ({tokens.geometry.shape[1]} tokens, model {tokens.model})")
 
@@ -253,12 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test-time fitting steps after the encoder (default: the model's own, 4 for the embedded "
                              "default, 0 for the official models; 0: none, faster)")
 
+    def precision(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="float32 (default: exact tokens); bfloat16 on CUDA or on a CPU with native bfloat16 "
+                             "(AVX512-BF16, AMX): faster, the same quality within 0.02 dB on the held-out photos; "
+                             "float16: CUDA only")
+
     r = command("reconstruct", help="encode and decode an image")
     r.add_argument("input")
     r.add_argument("-o", "--output", required=True)
     r.add_argument("--tokens", type=int, default=None, help="tokens per 256x256 patch")
     r.add_argument("--layout", default=None, help="also save a picture of the Gaussian layout here")
     fit_steps(r)
+    precision(r)
     common(r)
     r.set_defaults(func=_cmd_reconstruct)
 
@@ -267,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--tokens", type=int, default=None, help="tokens per 256x256 patch")
     fit_steps(e)
+    precision(e)
     common(e)
     e.set_defaults(func=_cmd_encode)
 
@@ -380,7 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 #: the library's argument names in error messages -> the flags of the commands that pass them
-_FLAGS = {"n_tokens": "--tokens", "fit_steps": "--fit-steps", "name_or_path": "--model"}
+_FLAGS = {"n_tokens": "--tokens", "fit_steps": "--fit-steps", "name_or_path": "--model", "dtype": "--dtype"}
 
 
 def _describe(e: BaseException) -> str:

@@ -41,6 +41,26 @@ def test_cli_encode_decode_show_reconstruct(tmp_path, small):
     assert Image.open(tmp_path / "new" / "r.png").size == (96, 64)
 
 
+def test_bfloat16_reconstruct_matches_float32_or_names_the_flag(tmp_path, small, capsys):
+    """--dtype bfloat16 (a CPU with native bfloat16): the picture float32 gives, up to rounding
+    (the decoded images agree to > 30 dB PSNR); without native bfloat16: one line naming --dtype."""
+    import numpy as np
+
+    from gpstoken.runtime import native_cpu_bfloat16
+
+    args = ["reconstruct", small, "--tokens", "16", "--device", "cpu"]
+    assert cli.main([*args, "-o", str(tmp_path / "f32.png")]) == 0
+    code = cli.main([*args, "-o", str(tmp_path / "bf16.png"), "--dtype", "bfloat16"])
+    if not native_cpu_bfloat16():
+        assert code == 1 and _one_line(capsys.readouterr().err).endswith("use float32")
+        return
+    assert code == 0
+    a, b = (np.asarray(Image.open(tmp_path / n), dtype=np.float64) for n in ("f32.png", "bf16.png"))
+    assert a.shape == b.shape == (64, 96, 3)
+    assert np.any(a != b)  # it did run in bfloat16
+    assert 10 * np.log10(255.0 ** 2 / np.mean((a - b) ** 2)) > 30
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["reconstruct", "{tmp}/nope.png", "-o", "{tmp}/x.png"], "input: image not found: .*nope.png; check the path"),
     (["reconstruct", "{tmp}/junk.png", "-o", "{tmp}/x.png"], "cannot read image .*junk.png .*give a PNG"),
@@ -49,6 +69,7 @@ def test_cli_encode_decode_show_reconstruct(tmp_path, small):
     (["encode", SRC, "-o", "{tmp}"], "is a folder; give a token file name inside it"),
     (["reconstruct", SRC, "-o", "{tmp}/x.png", "--device", "cuda"], "CUDA is not available .*use device='cpu'"),
     (["reconstruct", SRC, "-o", "{tmp}/x.png", "--device", "tpu9"], "'tpu9' is not a device name"),
+    (["reconstruct", SRC, "-o", "{tmp}/x.png", "--dtype", "float16"], "--dtype: torch.float16 inference needs a CUDA"),
     (["decode", "{tmp}/missing.gpst", "-o", "{tmp}/x.png"], "token file not found: .*missing.gpst"),
     (["decode", "{tmp}/junk.png", "-o", "{tmp}/x.png"], "is not a .gpst token file"),
     # found by the new-user audit (session 5)
