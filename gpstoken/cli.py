@@ -390,7 +390,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 #: the library's argument names in error messages -> the flags of the commands that pass them
-_FLAGS = {"n_tokens": "--tokens", "fit_steps": "--fit-steps", "name_or_path": "--model", "dtype": "--dtype"}
+_FLAGS = {"n_tokens": "--tokens", "fit_steps": "--fit-steps", "name_or_path": "--model", "dtype": "--dtype",
+          "device": "--device"}
 
 
 def _describe(e: BaseException) -> str:

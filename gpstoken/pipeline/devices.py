@@ -22,7 +22,7 @@ def pick_device(device: Optional[str | torch.device]) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device: {device!r} asked for, but CUDA is not available on this machine "
-                             "(no GPU, or a CPU-only torch build); use device='cpu'")
+                             "(no GPU, or a CPU-only torch build); use 'cpu'")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device: {device!r} does not exist; this machine has {torch.cuda.device_count()} "
                              f"CUDA device(s): use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
