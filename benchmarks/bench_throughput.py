@@ -225,9 +225,14 @@ def main() -> None:
                                            dtype, a.workers, a.fit_steps)
                         rows = measure([fn, _with_threads(naive, a.naive_threads)] if a.naive else [fn], n_img,
                                        device, a.reps)
-                        (ips, mib, cpu), (nips, nmib, ncpu) = rows[0], rows[1] if a.naive else (float("nan"),) * 3
-                        print(f"| {name} | {dtype} | {stage} | {b} | {ips:.3g} | {mib:.0f} | {cpu:.0f} | {nips:.3g} | "
-                              f"{nmib:.0f} | {ncpu:.0f} | {ips / nips:.2f}x | {os.getloadavg()[0]:.1f} |", flush=True)
+                        ips, mib, cpu = rows[0]
+                        if a.naive:
+                            nips, nmib, ncpu = rows[1]
+                            naive_cells = f"{nips:.3g} | {nmib:.0f} | {ncpu:.0f} | {ips / nips:.2f}x"
+                        else:
+                            naive_cells = "- | - | - | -"
+                        print(f"| {name} | {dtype} | {stage} | {b} | {ips:.3g} | {mib:.0f} | {cpu:.0f} | "
+                              f"{naive_cells} | {os.getloadavg()[0]:.1f} |", flush=True)
         print(f"\nload average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
