@@ -125,16 +125,19 @@ def test_decoder_runs_nchw_under_autograd_on_the_cpu_with_the_same_values():
     dec = _light().decoder.eval()
     z = torch.randn(2, dec.conv_in.in_channels, 64, 64)
     with torch.no_grad():
-        assert decoder_memory_format(z) == torch.channels_last
+        assert decoder_memory_format(z, dec) == torch.channels_last
         want = dec(z)
     zg = z.clone().requires_grad_(True)
-    assert decoder_memory_format(zg) == torch.contiguous_format
+    assert decoder_memory_format(zg, dec) == torch.contiguous_format
+    assert decoder_memory_format(z, dec) == torch.contiguous_format  # training the decoder alone
+    frozen = _light().decoder.requires_grad_(False)
+    assert decoder_memory_format(z, frozen) == torch.channels_last  # nothing wants a gradient
     got = dec(zg)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     (grad,) = torch.autograd.grad(got.square().sum(), zg)
     original = decoder_module.decoder_memory_format
     try:  # the same backward through the channels-last map
-        decoder_module.decoder_memory_format = lambda z: torch.channels_last
+        decoder_module.decoder_memory_format = lambda z, decoder: torch.channels_last
         zc = z.clone().requires_grad_(True)
         (grad_cl,) = torch.autograd.grad(dec(zc).square().sum(), zc)
     finally:

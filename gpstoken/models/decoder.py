@@ -247,7 +247,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor, grid: Grid = (1, 1)) -> torch.Tensor:
         """z: float [B, z_channels, k*h0, m*w0] -> float [B, out_ch, k*h0*s, m*w0*s], s = 2^(L-1) * out_shuffle."""
-        h = z.contiguous(memory_format=decoder_memory_format(z))
+        h = z.contiguous(memory_format=decoder_memory_format(z, self))
         for stage in self.stages():
             h = stage.run(h, grid)
         return h.contiguous()

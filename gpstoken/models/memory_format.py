@@ -54,9 +54,11 @@ def set_inference_format(model: "GPSTokenizer", device: torch.device) -> None:
             layer.weight.data = layer.weight.data.contiguous(memory_format=fmt)
 
 
-def decoder_memory_format(z: torch.Tensor) -> torch.memory_format:
-    """The layout the decoder runs its map ``z`` (float [B,C,H,W]) in: NCHW under autograd on
-    the CPU, else channels-last (see the module docstring)."""
-    if z.device.type == "cpu" and torch.is_grad_enabled() and z.requires_grad:
+def decoder_memory_format(z: torch.Tensor, decoder: nn.Module) -> torch.memory_format:
+    """The layout ``decoder`` runs its map ``z`` (float [B,C,H,W]) in: NCHW under autograd on the
+    CPU (gradients wanted for ``z`` or for any of the decoder's weights), else channels-last (see
+    the module docstring)."""
+    if z.device.type == "cpu" and torch.is_grad_enabled() and (
+            z.requires_grad or any(p.requires_grad for p in decoder.parameters())):
         return torch.contiguous_format
     return torch.channels_last
